@@ -1,0 +1,1 @@
+"""Alerts: one alert per real problem, routed to ops on call (MQTT, webhook, e-mail, Grafana annotations)."""

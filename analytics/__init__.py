@@ -1,0 +1,1 @@
+"""Analytics: detectors that find plant faults early, streaming and batch jobs, and honest scoring."""

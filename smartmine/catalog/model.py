@@ -1,0 +1,167 @@
+"""The equipment catalog's typed model: sites, equipment types, sensors, units and limits.
+
+Everything the simulators, ingest, analytics and dashboards agree on about the plant is data in the
+YAML files next to this module; this module only gives that data a shape and checks it is coherent.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SiteKind = Literal["coal_mine", "steel_plant"]
+SensorKind = Literal["gauge", "counter", "state"]
+Direction = Literal["high", "low"]
+
+# An id is used in MQTT topics, InfluxDB tags and Grafana variables: keep it to a safe alphabet.
+ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DisplayName(_Strict):
+    en: str = Field(min_length=1)
+    zh: str = Field(min_length=1)
+
+    def get(self, language: str) -> str:
+        return self.zh if language == "zh" else self.en
+
+
+class Unit(_Strict):
+    id: str
+    name: DisplayName
+    quantity: str
+
+
+class Limit(_Strict):
+    """One regulatory or standard limit with hysteresis.
+
+    ``alarm`` raises the alarm, ``power_off`` is the action level (power-off in a coal mine, trip or
+    stop-work on a machine), and the alarm clears only once the value is back past ``restore``.
+    For a ``high`` limit the value violates when it is >= the level and clears when it is < restore;
+    for a ``low`` limit it violates when <= the level and clears when > restore.
+    """
+
+    name: str = Field(pattern=ID_PATTERN)
+    direction: Direction = "high"
+    alarm: float | None = None
+    power_off: float | None = None
+    restore: float | None = None
+    source: str = Field(min_length=3, description="Regulation, standard or plant practice that sets it")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Limit:
+        if self.alarm is None and self.power_off is None:
+            raise ValueError(f"limit {self.name!r} sets neither alarm nor power_off")
+        first = self.alarm if self.alarm is not None else self.power_off
+        assert first is not None
+        high = self.direction == "high"
+        if self.alarm is not None and self.power_off is not None and (
+                (high and self.power_off < self.alarm) or (not high and self.power_off > self.alarm)):
+                word = "below" if high else "above"
+                raise ValueError(f"limit {self.name!r}: power_off {self.power_off} is {word} alarm {self.alarm}")
+        if self.restore is not None:
+            if high and self.restore > first:
+                raise ValueError(f"limit {self.name!r}: restore {self.restore} is above alarm {first}")
+            if not high and self.restore < first:
+                raise ValueError(f"limit {self.name!r}: restore {self.restore} is below alarm {first}")
+        return self
+
+    @property
+    def restore_level(self) -> float:
+        """The clearing level: ``restore`` when given, otherwise the alarm level itself."""
+        if self.restore is not None:
+            return self.restore
+        level = self.alarm if self.alarm is not None else self.power_off
+        assert level is not None
+        return level
+
+
+class SensorType(_Strict):
+    name: DisplayName
+    unit: str
+    kind: SensorKind = "gauge"
+    sample_period_s: float = Field(gt=0, le=3600)
+    normal: tuple[float, float]
+    physical: tuple[float, float]
+    limits: tuple[Limit, ...] = ()
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SensorType:
+        lo, hi = self.physical
+        if lo >= hi:
+            raise ValueError(f"physical range {list(self.physical)} is empty (low must be below high)")
+        nlo, nhi = self.normal
+        if nlo > nhi:
+            raise ValueError(f"normal range {list(self.normal)} is reversed")
+        if nlo < lo or nhi > hi:
+            raise ValueError(f"normal range {list(self.normal)} is outside physical range {list(self.physical)}")
+        for limit in self.limits:
+            for level in (limit.alarm, limit.power_off, limit.restore):
+                if level is not None and not lo <= level <= hi:
+                    raise ValueError(
+                        f"limit {limit.name!r} level {level} is outside physical range {list(self.physical)}"
+                    )
+        return self
+
+
+class BearingGeometry(_Strict):
+    """Rolling-element bearing geometry, for bearing-fault frequencies (BPFO, BPFI)."""
+
+    rolling_elements: int = Field(ge=3)
+    ball_diameter_mm: float = Field(gt=0)
+    pitch_diameter_mm: float = Field(gt=0)
+    contact_angle_deg: float = Field(ge=0, lt=90)
+    shaft_hz: float = Field(gt=0)
+
+
+class RotatingMachine(_Strict):
+    """ISO 10816-3 machine class, which fixes the vibration zone boundaries."""
+
+    iso10816_group: Literal[1, 2]
+    foundation: Literal["rigid", "flexible"]
+    bearing: BearingGeometry | None = None
+
+
+class EquipmentType(_Strict):
+    name: DisplayName
+    site_kinds: tuple[SiteKind, ...]
+    sensors: dict[str, SensorType]
+    # Location-dependent limits (e.g. methane at a coal face vs. a return airway): profile -> sensor -> limits.
+    limit_profiles: dict[str, dict[str, tuple[Limit, ...]]] = {}
+    rotating: RotatingMachine | None = None
+    description: str | None = None
+
+
+class Equipment(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    type: str
+    name: DisplayName
+    limit_profile: str | None = None
+    # Sensors measuring the same quantity at the same place: drift is judged against them.
+    redundant_with: tuple[str, ...] = ()
+    sensors_enabled: tuple[str, ...] | None = None
+
+
+class Line(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    name: DisplayName
+    equipment: tuple[Equipment, ...]
+
+
+class Area(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    name: DisplayName
+    lines: tuple[Line, ...]
+
+
+class Site(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    kind: SiteKind
+    name: DisplayName
+    timezone: str = "Asia/Shanghai"
+    areas: tuple[Area, ...]

@@ -1,0 +1,189 @@
+"""Typed settings: a TOML file plus ``SMARTMINE_*`` environment variables (the environment wins).
+
+Secrets (passwords, tokens) come only from the environment: a config file that holds one is refused,
+so nothing secret ends up committed next to the file. ``smartmine config show`` prints the effective
+settings with every secret masked.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from smartmine.wire import DEFAULT_PREFIX, check_prefix
+
+ENV_PREFIX = "SMARTMINE_"
+CONFIG_ENV = "SMARTMINE_CONFIG"
+DEFAULT_CONFIG_FILE = Path("smartmine.toml")
+SECRET_FIELDS = ("influx_token", "influx_password", "mqtt_password")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file or variable and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttUrl:
+    """A parsed ``mqtt://`` or ``mqtts://`` URL."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+    def masked(self) -> str:
+        scheme = "mqtts" if self.tls else "mqtt"
+        auth = f"{self.username}:****@" if self.password else (f"{self.username}@" if self.username else "")
+        return f"{scheme}://{auth}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ConfigError(f"MQTT URL {_mask_url(url)!r}: scheme must be mqtt:// or mqtts://")
+    tls = parts.scheme in ("mqtts", "ssl")
+    if not parts.hostname:
+        raise ConfigError(f"MQTT URL {_mask_url(url)!r} has no host")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"MQTT URL {_mask_url(url)!r}: {exc}") from None
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return MqttUrl(parts.hostname, port, tls, user, password)
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+class IngestSettings(BaseModel):
+    """Settings of the ingest service (``SMARTMINE_INGEST__<NAME>``)."""
+
+    group: str = Field(default="smartmine-ingest", description="MQTT 5 shared-subscription group")
+    client_id: str = Field(default="smartmine-ingest", description="MQTT client id (persistent session)")
+    batch_size: int = Field(default=5000, ge=1, description="Points per InfluxDB write")
+    flush_interval_s: float = Field(default=0.5, gt=0, description="Longest a point waits before a write")
+    spool_dir: Path | None = Field(default=None, description="On-disk spool (default: <data_dir>/spool)")
+    spool_max_mb: int = Field(default=1024, ge=1)
+    deadletter_file: Path | None = Field(default=None, description="Default: <data_dir>/deadletter.jsonl")
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus metrics; 0 disables")
+
+
+class Settings(BaseSettings):
+    """Effective settings. Environment: ``SMARTMINE_<FIELD>`` and ``SMARTMINE_<SECTION>__<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      validate_default=True)
+
+    mqtt_url: str = "mqtt://localhost:1883"
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker (mqtts://)")
+    influx_url: str = "http://localhost:8086"
+    influx_db: str = "smartmine"
+    influx_rp: str | None = Field(default=None, description="Retention policy to write to (default: the db's)")
+    influx_token: SecretStr | None = None
+    influx_user: str | None = None
+    influx_password: SecretStr | None = None
+    topic_prefix: str = DEFAULT_PREFIX
+    catalog_dir: Path | None = Field(default=None, description="Catalog folder (default: the built-in one)")
+    data_dir: Path = Field(default_factory=lambda: _default_data_dir())
+    language: Literal["en", "zh"] = "en"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ingest: IngestSettings = IngestSettings()
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt(cls, v: str) -> str:
+        parse_mqtt_url(v)
+        return v
+
+    @field_validator("influx_url")
+    @classmethod
+    def _influx(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{_mask_url(v)!r} is not an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return check_prefix(v)
+
+    @property
+    def mqtt(self) -> MqttUrl:
+        """The broker URL with credentials from the URL or from ``SMARTMINE_MQTT_USERNAME/PASSWORD``."""
+        url = parse_mqtt_url(self.mqtt_url)
+        user = self.mqtt_username or url.username
+        password = self.mqtt_password.get_secret_value() if self.mqtt_password else url.password
+        return MqttUrl(url.host, url.port, url.tls, user, password)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data with every secret replaced by ``****``."""
+        data = self.model_dump(mode="json")
+        for name in SECRET_FIELDS:
+            if data.get(name):
+                data[name] = "****"
+        data["mqtt_url"] = _mask_url(self.mqtt_url)
+        data["influx_url"] = _mask_url(self.influx_url)
+        return data
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (the file, passed in by load_settings) < environment: the environment wins.
+        return (env_settings, init_settings)
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "smartmine"
+
+
+def load_settings(file: Path | str | None = None) -> Settings:
+    """Settings from ``file`` (or ``$SMARTMINE_CONFIG``, or ./smartmine.toml if present) plus the environment."""
+    path = Path(file) if file else (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        for name in SECRET_FIELDS:
+            if name in data:
+                raise ConfigError(f"{path}: {name} is a secret; set it only in the environment as "
+                                  f"{ENV_PREFIX}{name.upper()}")
+        for name in ("mqtt_url", "influx_url"):
+            if isinstance(data.get(name), str) and urlsplit(data[name]).password:
+                raise ConfigError(f"{path}: {name} holds a password; put credentials in the environment "
+                                  f"({ENV_PREFIX}{name.upper()} or {ENV_PREFIX}MQTT_PASSWORD)")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        env = ENV_PREFIX + field.upper().replace(".", "__")
+        origin = f"{path} or {env}" if path else env
+        raise ConfigError(f"setting {field} ({origin}): {err['msg'].removeprefix('Value error, ')}") from None
