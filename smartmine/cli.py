@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -18,7 +19,16 @@ from typing import Any
 from smartmine import __version__
 
 # Stage command modules, in the order data travels. Each exposes register(subparsers).
-STAGE_COMMANDS: tuple[str, ...] = ()
+STAGE_COMMANDS: tuple[str, ...] = (
+    "simulators.cli",   # smartmine simulate
+    "ingest.cli",       # smartmine ingest
+    "analytics.cli",    # smartmine analyze ...
+    "alerts.cli",       # smartmine alerts ...
+    "dashboards.cli",   # smartmine dashboards ...
+    "replay.cli",       # smartmine record | export | replay | import-csv
+    "smartmine.stack",  # smartmine up | down | report
+    "smartmine.bench",  # smartmine bench ...
+)
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -109,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     wsub.add_parser("schema", help="print the telemetry payload's JSON Schema").set_defaults(func=_wire_schema)
 
     for module in STAGE_COMMANDS:
-        importlib.import_module(module).register(sub)
+        # While a stage is being built its module may not exist yet; every shipped stage has one.
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 SCHEMA_VERSION = 1
 DEFAULT_PREFIX = "smartmine"
-CHANNELS = ("telemetry", "status", "alert")
+CHANNELS = ("telemetry", "status", "event", "alert")
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "telemetry-v1.schema.json"
 MAX_READINGS = 1024
 
@@ -28,6 +28,8 @@ _SEGMENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 
 Quality = Literal["good", "uncertain", "bad"]
+Severity = Literal["info", "warning", "critical", "emergency"]
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2, "emergency": 3}
 SensorId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 
@@ -174,3 +176,42 @@ def json_schema() -> dict[str, Any]:
     schema = TelemetryPayload.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+class AnomalyEvent(BaseModel):
+    """What analytics saw, with its evidence; published on the ``event`` channel for alerts to route.
+
+    ``rule`` is the stable key alerts deduplicate on (one alert per equipment and rule while it fires),
+    e.g. ``limit:methane`` or ``ewma:ch4_pct``. ``state`` is ``firing`` while the condition holds and
+    ``cleared`` once it is over (for a limit: back past its restore level).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    v: Literal[1] = 1
+    ts: AwareDatetime = Field(description="Time of the sample that produced this event")
+    start: AwareDatetime = Field(description="Start of the anomalous span")
+    end: AwareDatetime | None = Field(default=None, description="End of the span; None while it is ongoing")
+    site: SensorId
+    area: SensorId
+    equipment: SensorId
+    sensor: SensorId | None = None
+    detector: str = Field(min_length=1, max_length=64)
+    rule: str = Field(min_length=1, max_length=128)
+    severity: Severity
+    state: Literal["firing", "cleared"] = "firing"
+    score: float = Field(description="Detector score; 0 to 1 where the detector normalises it")
+    threshold: float | None = None
+    values: dict[str, float] = Field(default_factory=dict, description="The values that triggered it")
+    message: str = Field(min_length=1, max_length=500, description="One line a person can act on")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def parse_event(raw: bytes | str) -> AnomalyEvent:
+    try:
+        return AnomalyEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"]) or "payload"
+        raise WireError(f"{where}: {err['msg']}") from None

@@ -99,3 +99,20 @@ def test_unreachable_server_is_a_retryable_error(influxd_factory: object) -> Non
 
 def test_ping_reports_the_version(influxd: Influxd) -> None:
     assert InfluxClient(influxd.url, "x").ping().startswith("1.")
+
+
+def test_telemetry_line_stores_readings_quality_and_seq(influx: InfluxClient) -> None:
+    from datetime import UTC, datetime
+
+    from smartmine.schema import series_prefix, telemetry_line
+
+    prefix = series_prefix("gas_monitor", "yanshan_mine", "face_1203", "gas_upper_corner_1203")
+    ts = datetime(2026, 11, 27, 8, 0, 0, 123456, tzinfo=UTC)
+    line = telemetry_line(prefix, ts, 41, {"ch4_pct": (0.42, "good"), "o2_pct": (26.0, "out_of_range")})
+    influx.write_lines([line, line])  # a redelivery overwrites: still one point
+    frame = influx.query_df('SELECT * FROM "gas_monitor"')
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert (row["ch4_pct"], row["o2_pct"], row["o2_pct_quality"], row["seq"]) == (0.42, 26.0, "out_of_range", 41)
+    assert (row["site"], row["area"], row["equipment"]) == ("yanshan_mine", "face_1203", "gas_upper_corner_1203")
+    assert row["time"].value == 1_795_766_400_123_456_000
