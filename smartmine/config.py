@@ -82,6 +82,22 @@ class IngestSettings(BaseModel):
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus metrics; 0 disables")
 
 
+class StackSettings(BaseModel):
+    """Settings of ``smartmine up`` (``SMARTMINE_STACK__<NAME>``): the local stack and its live view."""
+
+    mqtt_port: int = Field(default=1883, ge=1, le=65535, description="Port of the Mosquitto that up starts")
+    influx_port: int = Field(default=8086, ge=1, le=65535, description="HTTP port of the influxd that up starts")
+    scenario: str = Field(default="demo", min_length=1, description="Simulator scenario (name or YAML file)")
+    speed: str = Field(default="1", pattern=r"^(max|[0-9]+(\.[0-9]+)?)$", description="Simulator speed: X times "
+                                                                                        "real time, or max")
+    status_interval_s: float = Field(default=5.0, gt=0, description="Seconds between --headless status lines")
+    stop_timeout_s: float = Field(default=30.0, gt=0, description="How long a process may take to stop on "
+                                                                  "SIGTERM (ingest flushing) before SIGKILL")
+    restart_limit: int = Field(default=5, ge=0, description="Restarts of a crashing stage before up gives up on it")
+    min_free_disk_mb: int = Field(default=512, ge=0, description="Refuse to start (and warn while running) "
+                                                                 "below this much free space in the data folder")
+
+
 class Settings(BaseSettings):
     """Effective settings. Environment: ``SMARTMINE_<FIELD>`` and ``SMARTMINE_<SECTION>__<FIELD>``."""
 
@@ -104,6 +120,7 @@ class Settings(BaseSettings):
     language: Literal["en", "zh"] = "en"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     ingest: IngestSettings = IngestSettings()
+    stack: StackSettings = StackSettings()
 
     @field_validator("mqtt_url")
     @classmethod
