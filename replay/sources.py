@@ -1,0 +1,202 @@
+"""What a replay reads: a smartmine recording or the simulators' JSON Lines, as a stream of chunks.
+
+Both come out as :class:`~replay.format.Chunk` s in file order, each message validated once against the wire
+format (:func:`classify`), so the player treats them alike. JSON Lines is ``{"topic": ..., "payload": {...}}``
+per line (optionally gzip-compressed); its time axis is each payload's ``ts``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+from replay.format import BadRegion, Chunk, ChunkInfo, RecordingError, RecordingReader, is_recording
+from smartmine.schema import ts_ns
+from smartmine.wire import WireError, parse_telemetry, parse_topic
+
+CHUNK_MESSAGES = 10_000
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicParts:
+    """A topic split into its levels; the prefix is whatever precedes the last four."""
+
+    prefix: str
+    site: str
+    area: str
+    equipment: str
+    channel: str
+
+    def with_prefix(self, prefix: str) -> str:
+        return f"{prefix}/{self.site}/{self.area}/{self.equipment}/{self.channel}"
+
+
+@lru_cache(maxsize=65536)
+def split_topic(topic: str) -> TopicParts | None:
+    """The parts of ``<prefix>/<site>/<area>/<equipment>/<channel>``, or None if it does not follow the scheme."""
+    parts = topic.rsplit("/", 4)
+    if len(parts) != 5:
+        return None
+    try:
+        t = parse_topic(topic, parts[0])
+    except WireError:
+        return None
+    return TopicParts(t.prefix, t.site, t.area, t.equipment, t.channel)
+
+
+def classify(topic: str, payload: bytes) -> tuple[int | None, str | None, int]:
+    """Validate one message once: ``(ts_ns, None, readings)`` for valid telemetry, ``(None, reason, 0)`` for
+    invalid telemetry, ``(None, None, 0)`` for other channels (status, events) that are replayed as they are."""
+    parts = split_topic(topic)
+    if parts is None:
+        if topic.endswith("/telemetry"):
+            return None, f"topic {topic!r} does not follow <prefix>/<site>/<area>/<equipment>/telemetry", 0
+        return None, None, 0
+    if parts.channel != "telemetry":
+        return None, None, 0
+    try:
+        sample = parse_telemetry(payload)
+    except WireError as exc:
+        return None, str(exc), 0
+    return ts_ns(sample.ts), None, len(sample.readings)
+
+
+class Source:
+    """A readable input of messages; iterate :meth:`chunks` (again for ``--loop``)."""
+
+    path: Path
+    bad: list[BadRegion]
+    kind: str
+
+    @property
+    def total_messages(self) -> int | None:
+        return None
+
+    def chunks(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[Chunk]:
+        raise NotImplementedError
+
+
+class RecordingSource(Source):
+    kind = "recording"
+
+    def __init__(self, path: Path, skip_bad: bool) -> None:
+        self.path = path
+        self.reader = RecordingReader(path, skip_bad=skip_bad)
+        self.bad = self.reader.bad
+
+    @property
+    def total_messages(self) -> int | None:
+        return sum(c.count for c in self.reader.chunks)
+
+    def select(self, start_ns: int | None, end_ns: int | None) -> list[ChunkInfo]:
+        """The chunks that can hold messages in [start, end) — the manifest's time ranges prune the rest."""
+        if self.reader.manifest is None:
+            return self.reader.chunks  # recovered without a manifest: no time ranges known
+        return [c for c in self.reader.chunks
+                if (start_ns is None or c.last_ns >= start_ns) and (end_ns is None or c.first_ns < end_ns)]
+
+    def chunks(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[Chunk]:
+        return self.reader.read_chunks(self.select(start_ns, end_ns))
+
+
+class JsonLinesSource(Source):
+    """The simulators' ``--out`` files: one ``{"topic": ..., "payload": {...}}`` per line."""
+
+    kind = "jsonl"
+
+    def __init__(self, path: Path, skip_bad: bool) -> None:
+        self.path = path
+        self.skip_bad = skip_bad
+        self.bad = []
+        self.size = path.stat().st_size
+
+    def _open(self) -> IO[bytes]:
+        fh = self.path.open("rb")
+        if fh.read(2) == _GZIP_MAGIC:
+            fh.close()
+            return gzip.open(self.path, "rb")  # type: ignore[return-value]
+        fh.seek(0)
+        return fh
+
+    def chunks(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[Chunk]:
+        self.bad.clear()
+        with self._open() as fh:
+            yield from self._parse(fh)
+
+    def _bad(self, offset: int, line_no: int, problem: str) -> None:
+        text = f"line {line_no}: {problem}"
+        if not self.skip_bad:
+            raise RecordingError(self.path, offset, text)
+        self.bad.append(BadRegion(offset, text, 1))
+
+    def _parse(self, fh: IO[bytes]) -> Iterator[Chunk]:
+        chunk = Chunk.empty()
+        offset = 0
+        last_ns = 0
+        for line_no, line in enumerate(fh, start=1):
+            at = offset
+            offset += len(line)
+            if not line.strip():
+                continue
+            try:
+                obj: Any = json.loads(line)
+            except ValueError as exc:
+                self._bad(at, line_no, f"not JSON ({exc})")
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("topic"), str) or "payload" not in obj:
+                self._bad(at, line_no, 'expected {"topic": "...", "payload": {...}}')
+                continue
+            raw = obj["payload"]
+            payload = raw.encode() if isinstance(raw, str) else json.dumps(
+                raw, separators=(",", ":"), ensure_ascii=False).encode()
+            topic = obj["topic"]
+            sample_ns, error, _ = classify(topic, payload)
+            # The time axis is the sample time; a status line or a bad sample keeps the one before it.
+            time_ns = sample_ns if sample_ns is not None else _payload_ts(raw)
+            time_ns = last_ns if time_ns is None else time_ns
+            last_ns = max(last_ns, time_ns)
+            chunk.append(time_ns, topic, payload, int(obj.get("qos", 1)), bool(obj.get("retain", False)),
+                         sample_ns, error)
+            if len(chunk) >= CHUNK_MESSAGES:
+                yield chunk
+                chunk = Chunk.empty()
+        if len(chunk):
+            yield chunk
+
+
+def _payload_ts(raw: Any) -> int | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("ts"), str):
+        return None
+    try:
+        dt = datetime.fromisoformat(raw["ts"])
+    except ValueError:
+        return None
+    return ts_ns(dt) if dt.tzinfo is not None else None
+
+
+def open_source(path: Path | str, *, skip_bad: bool = False) -> Source:
+    """A recording or a JSON Lines file (plain or gzip), told apart by their first bytes."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    if is_recording(p):
+        return RecordingSource(p, skip_bad)
+    with p.open("rb") as fh:
+        head = fh.read(64)
+    if head.startswith(_GZIP_MAGIC) or head.lstrip()[:1] == b"{" or not head.strip():
+        return JsonLinesSource(p, skip_bad)
+    raise RecordingError(p, 0, "neither a smartmine recording nor JSON Lines")
+
+
+def iter_messages(chunks: Iterable[Chunk]) -> Iterator[tuple[int, str, bytes]]:
+    for chunk in chunks:
+        yield from zip(chunk.time_ns, chunk.topic, chunk.payload, strict=True)
+
+

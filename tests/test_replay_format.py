@@ -1,0 +1,152 @@
+"""The recording file keeps every message, and damage is found and named by file and offset, never ignored."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from replay.format import FRAME_HEADER_SIZE, MAGIC, Chunk, RecordingError, RecordingReader, RecordingWriter
+from replay.player import Pacer
+from replay.sources import classify, open_source
+from replay.synthetic import DEFAULT_START, messages, write_jsonl
+from smartmine.catalog import builtin_catalog
+
+
+def _record(path: Path, samples: int = 30, chunk_messages: int = 200) -> list[tuple[str, bytes]]:
+    """A closed recording of synthetic telemetry plus one invalid and one status message, in chunks."""
+    msgs = list(messages(builtin_catalog(), DEFAULT_START, samples))
+    msgs.insert(5, ("smartmine/yanshan_mine/face_1203/shearer_1/telemetry", b'{"v":1,"ts":"nope"}'))
+    msgs.insert(9, ("smartmine/yanshan_mine/face_1203/shearer_1/status", b'{"state":"online"}'))
+    writer = RecordingWriter(path, "test", "2026-11-27T00:00:00Z")
+    chunk = Chunk.empty()
+    for n, (topic, payload) in enumerate(msgs):
+        ts, error, _ = classify(topic, payload)
+        chunk.append(1_000_000_000 * n, topic, payload, 1, False, ts, error)
+        if len(chunk) == chunk_messages:
+            writer.write(chunk)
+            chunk = Chunk.empty()
+    writer.write(chunk)
+    writer.close()
+    return msgs
+
+
+def _read_all(path: Path, skip_bad: bool = False) -> list[tuple[str, bytes]]:
+    reader = RecordingReader(path, skip_bad=skip_bad)
+    return [(t, p) for c in reader.read_chunks() for t, p in zip(c.topic, c.payload, strict=True)]
+
+
+def test_round_trip_keeps_every_message_in_order_with_its_verdict(tmp_path: Path) -> None:
+    path = tmp_path / "r.smrec"
+    msgs = _record(path)
+    assert _read_all(path) == msgs
+    reader = RecordingReader(path)
+    m = reader.manifest
+    assert m is not None and m.messages == len(msgs) and len(m.chunks) > 3
+    assert (m.telemetry, m.invalid) == (len(msgs) - 2, 1)
+    assert m.topics["smartmine/yanshan_mine/face_1203/shearer_1/status"] == 1
+    assert reader.verify() == m.sha256
+    first = next(reader.read_chunks())
+    assert first.error[5] is not None and "ts" in first.error[5]   # invalid telemetry keeps its reason
+    assert first.ts_ns[9] is None and first.error[9] is None        # a status message is neither
+
+
+def test_truncated_recording_names_file_and_offset_and_skip_bad_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "r.smrec"
+    msgs = _record(path)
+    reader = RecordingReader(path)
+    assert reader.manifest is not None
+    cut = reader.manifest.chunks[3].offset + 100  # inside the fourth chunk
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(RecordingError) as err:
+        RecordingReader(path)
+    assert str(path) in str(err.value) and "offset" in str(err.value) and "truncated" in str(err.value)
+
+    recovered = RecordingReader(path, skip_bad=True)
+    got = [(t, p) for c in recovered.read_chunks() for t, p in zip(c.topic, c.payload, strict=True)]
+    assert got == msgs[:600]  # the three whole chunks before the cut, nothing invented
+    assert any(b.offset == reader.manifest.chunks[3].offset for b in recovered.bad)
+
+
+def test_corrupt_byte_is_named_by_offset_and_skip_bad_counts_the_lost_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "r.smrec"
+    msgs = _record(path)
+    info = RecordingReader(path).chunks[1]
+    data = bytearray(path.read_bytes())
+    data[info.offset + FRAME_HEADER_SIZE + 50] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordingError) as err:
+        _read_all(path)
+    assert err.value.path == str(path)
+    assert err.value.offset == info.offset + FRAME_HEADER_SIZE
+    assert "checksum" in str(err.value)
+
+    reader = RecordingReader(path, skip_bad=True)
+    got = [(t, p) for c in reader.read_chunks() for t, p in zip(c.topic, c.payload, strict=True)]
+    assert got == msgs[:200] + msgs[400:]
+    assert [(b.offset, b.messages) for b in reader.bad] == [(info.offset + FRAME_HEADER_SIZE, 200)]
+
+
+def test_not_a_recording_is_refused_at_offset_zero(tmp_path: Path) -> None:
+    path = tmp_path / "r.smrec"
+    path.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(RecordingError, match=r"r\.smrec: at offset 0: neither a smartmine recording"):
+        open_source(path)
+
+
+def test_unclosed_recording_is_kept_as_partial_and_recoverable(tmp_path: Path) -> None:
+    path = tmp_path / "r.smrec"
+    writer = RecordingWriter(path, "test", "now")
+    chunk = Chunk.empty()
+    for n, (topic, payload) in enumerate(messages(builtin_catalog(), DEFAULT_START, 2)):
+        chunk.append(n, topic, payload, 1, False, *classify(topic, payload)[:2])
+    writer.write(chunk)
+    writer.abort()  # the recorder was killed before it could close
+    assert not path.exists()
+    partial = tmp_path / "r.smrec.partial"
+    assert partial.read_bytes().startswith(MAGIC)
+    with pytest.raises(RecordingError, match="not closed"):
+        RecordingReader(partial)
+    assert len(_read_all(partial, skip_bad=True)) == len(chunk)
+
+
+def test_simulator_json_lines_are_read_plain_and_gzipped(tmp_path: Path) -> None:
+    plain = tmp_path / "sim.jsonl"
+    n = write_jsonl(plain, builtin_catalog(), DEFAULT_START, 3)
+    zipped = tmp_path / "sim.jsonl.gz"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    for path in (plain, zipped):
+        chunks = list(open_source(path).chunks())
+        assert sum(len(c) for c in chunks) == n
+        assert all(ts is not None and err is None for c in chunks for ts, err in zip(c.ts_ns, c.error, strict=True))
+    first = json.loads(plain.read_text().splitlines()[0])
+    chunk = next(open_source(plain).chunks())
+    assert json.loads(chunk.payload[0]) == first["payload"] and chunk.topic[0] == first["topic"]
+
+
+def test_bad_json_line_is_named_by_line_and_offset(tmp_path: Path) -> None:
+    path = tmp_path / "sim.jsonl"
+    write_jsonl(path, builtin_catalog(), DEFAULT_START, 1)
+    lines = path.read_text().splitlines(keepends=True)
+    offset = sum(len(x.encode()) for x in lines[:3])
+    lines.insert(3, '{"topic": "smartmine/x", "payload": {broken\n')
+    path.write_text("".join(lines))
+    with pytest.raises(RecordingError) as err:
+        list(open_source(path).chunks())
+    assert err.value.offset == offset and "line 4" in str(err.value)
+    source = open_source(path, skip_bad=True)
+    assert sum(len(c) for c in source.chunks()) == len(lines) - 1
+    assert [b.offset for b in source.bad] == [offset]
+
+
+def test_pacer_keeps_recorded_spacing_divided_by_speed() -> None:
+    slept: list[float] = []
+    pacer = Pacer(speed=4.0, sleep=slept.append)
+    for t_s in (0.0, 1.0, 3.0, 2.0):  # the last one is out of order: due with the one before it, not earlier
+        pacer.wait(int(t_s * 1e9))
+    # Waits are measured from the first message (this fake sleep lets no time pass).
+    assert len(slept) == 3
+    assert slept[0] == pytest.approx(0.25, abs=0.05) and slept[1] == pytest.approx(0.75, abs=0.05)
+    assert slept[2] == pytest.approx(0.75, abs=0.05)
