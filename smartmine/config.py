@@ -22,7 +22,9 @@ from smartmine.wire import DEFAULT_PREFIX, check_prefix
 ENV_PREFIX = "SMARTMINE_"
 CONFIG_ENV = "SMARTMINE_CONFIG"
 DEFAULT_CONFIG_FILE = Path("smartmine.toml")
-SECRET_FIELDS = ("influx_token", "influx_password", "mqtt_password")
+SECRET_FIELDS = ("influx_token", "influx_password", "mqtt_password", "grafana_token")
+# Secrets inside a section: (section, field). Refused in a file like the top-level ones.
+SECTION_SECRET_FIELDS = (("alerts", "webhook_secret"), ("alerts", "smtp_password"))
 
 
 class ConfigError(ValueError):
@@ -98,6 +100,47 @@ class StackSettings(BaseModel):
                                                                  "below this much free space in the data folder")
 
 
+class AlertsSettings(BaseModel):
+    """Settings of the alerts service (``SMARTMINE_ALERTS__<NAME>``). A channel is on when its target is set."""
+
+    client_id: str = Field(default="smartmine-alerts", description="MQTT client id of the service")
+    clear_hold_s: float = Field(default=30.0, ge=0, description="A cleared alert resolves only after this long "
+                                                               "without a new firing event (no flapping)")
+    cooldown_s: float = Field(default=300.0, ge=0, description="A resolved alert firing again within this long "
+                                                             "reopens the same alert without paging again")
+    escalate_after_s: float = Field(default=600.0, gt=0, description="Re-notify, escalated, when an alert at or "
+                                                                   "above escalate_min_severity stays unacknowledged")
+    escalate_min_severity: Literal["info", "warning", "critical", "emergency"] = "critical"
+    state_file: Path | None = Field(default=None, description="Alerts and silences (default: "
+                                                              "<data_dir>/alerts/state.json)")
+    command_timeout_s: float = Field(default=5.0, gt=0, description="How long the CLI waits for the service")
+    retry_max: int = Field(default=5, ge=0, description="Retries of a failed notification (webhook, e-mail...)")
+    retry_backoff_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles each retry")
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key of the signature header")
+    webhook_min_severity: Literal["info", "warning", "critical", "emergency"] = "warning"
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "smartmine-alerts@localhost"
+    smtp_to: list[str] = Field(default_factory=list, description="Recipients (env: a JSON list)")
+    email_min_severity: Literal["info", "warning", "critical", "emergency"] = "critical"
+    grafana_annotations: bool = Field(default=True, description="Annotate alerts in Grafana when grafana_url "
+                                                                "is set")
+
+
+class DashboardsSettings(BaseModel):
+    """Settings of the Grafana dashboards (``SMARTMINE_DASHBOARDS__<NAME>``)."""
+
+    folder_uid: str = Field(default="smartmine", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    folder_title: str = "smartmine"
+    datasource_uid: str = Field(default="smartmine-influxdb", pattern=r"^[A-Za-z0-9_-]{1,40}$",
+                                description="uid of the InfluxDB (InfluxQL) data source the panels query")
+
+
 class Settings(BaseSettings):
     """Effective settings. Environment: ``SMARTMINE_<FIELD>`` and ``SMARTMINE_<SECTION>__<FIELD>``."""
 
@@ -119,8 +162,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     language: Literal["en", "zh"] = "en"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    grafana_url: str | None = Field(default=None, description="Grafana base URL for push and annotations")
+    grafana_token: SecretStr | None = Field(default=None, description="Grafana service-account token")
     ingest: IngestSettings = IngestSettings()
     stack: StackSettings = StackSettings()
+    alerts: AlertsSettings = AlertsSettings()
+    dashboards: DashboardsSettings = DashboardsSettings()
 
     @field_validator("mqtt_url")
     @classmethod
@@ -155,6 +202,9 @@ class Settings(BaseSettings):
         for name in SECRET_FIELDS:
             if data.get(name):
                 data[name] = "****"
+        for section, name in SECTION_SECRET_FIELDS:
+            if data.get(section, {}).get(name):
+                data[section][name] = "****"
         data["mqtt_url"] = _mask_url(self.mqtt_url)
         data["influx_url"] = _mask_url(self.influx_url)
         return data
@@ -192,6 +242,10 @@ def load_settings(file: Path | str | None = None) -> Settings:
             if name in data:
                 raise ConfigError(f"{path}: {name} is a secret; set it only in the environment as "
                                   f"{ENV_PREFIX}{name.upper()}")
+        for section, name in SECTION_SECRET_FIELDS:
+            if isinstance(data.get(section), dict) and name in data[section]:
+                raise ConfigError(f"{path}: {section}.{name} is a secret; set it only in the environment as "
+                                  f"{ENV_PREFIX}{section.upper()}__{name.upper()}")
         for name in ("mqtt_url", "influx_url"):
             if isinstance(data.get(name), str) and urlsplit(data[name]).password:
                 raise ConfigError(f"{path}: {name} holds a password; put credentials in the environment "

@@ -1,0 +1,95 @@
+"""Ops commands to a running alerts service, over MQTT 5 request/response.
+
+The service owns the alert state; the CLI (`smartmine alerts list | ack | silence ...`) sends it a
+request and waits for the reply, so it works from any terminal that reaches the broker (also
+``docker compose exec alerts smartmine alerts list``), and two ops acknowledging at once cannot
+corrupt a shared file.
+
+- request: ``<prefix>/_ops/alerts/request``, JSON ``{"v": 1, "cmd": ..., "args": {...}, "by": "user@host"}``,
+  with the MQTT 5 properties *Response Topic* and *Correlation Data*
+- reply: on the given response topic, JSON ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``
+
+``_ops`` cannot be a site id (ids start with a letter), so these topics never collide with equipment
+topics. Whoever may publish to the request topic may acknowledge alerts: restrict it with the broker's
+ACL (deploy/mosquitto/acl does).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import queue
+import socket
+import uuid
+from typing import Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from smartmine.config import Settings
+from smartmine.errors import UsageError
+from smartmine.mqtt import make_client
+
+COMMANDS = ("list", "ack", "silence", "unsilence", "silences")
+
+
+def request_topic(prefix: str) -> str:
+    return f"{prefix}/_ops/alerts/request"
+
+
+def reply_topic(prefix: str, token: str) -> str:
+    return f"{prefix}/_ops/alerts/reply/{token}"
+
+
+def operator() -> str:
+    """Who is acting, for the audit trail: ``user@host``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def send_command(settings: Settings, cmd: str, args: dict[str, Any] | None = None, *, by: str | None = None,
+                 timeout_s: float | None = None) -> Any:
+    """Send one command to the running service and return its result; :class:`UsageError` on any failure."""
+    if cmd not in COMMANDS:
+        raise UsageError(f"unknown alerts command {cmd!r} (known: {', '.join(COMMANDS)})")
+    timeout = timeout_s if timeout_s is not None else settings.alerts.command_timeout_s
+    token = uuid.uuid4().hex
+    prefix = settings.topic_prefix
+    replies: queue.Queue[bytes] = queue.Queue()
+    subscribed: queue.Queue[bool] = queue.Queue()
+    client = make_client(settings.mqtt, f"smartmine-alerts-cli-{token[:8]}", ca_file=settings.mqtt_ca_file)
+    client.on_message = lambda _c, _u, msg: replies.put(bytes(msg.payload))
+    client.on_subscribe = lambda *_a: subscribed.put(True)
+    client.on_connect = lambda c, _u, _f, rc, _p: (c.subscribe(reply_topic(prefix, token), qos=1)
+                                                   if not rc.is_failure else subscribed.put(False))
+    try:
+        client.connect(settings.mqtt.host, settings.mqtt.port, keepalive=30)
+    except OSError as exc:
+        raise UsageError(f"cannot reach the MQTT broker at {settings.mqtt.masked()}: {exc}") from None
+    client.loop_start()
+    try:
+        try:
+            if not subscribed.get(timeout=timeout):
+                raise UsageError(f"the MQTT broker at {settings.mqtt.masked()} refused the connection")
+        except queue.Empty:
+            raise UsageError(f"no answer from the MQTT broker at {settings.mqtt.masked()} in {timeout:g} s") from None
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_topic(prefix, token)
+        props.CorrelationData = token.encode()
+        body = {"v": 1, "cmd": cmd, "args": args or {}, "by": by or operator()}
+        client.publish(request_topic(prefix), json.dumps(body).encode(), qos=1, properties=props)
+        try:
+            raw = replies.get(timeout=timeout)
+        except queue.Empty:
+            raise UsageError(f"no alerts service answered on {request_topic(prefix)} within {timeout:g} s; "
+                             "is `smartmine alerts run` running against this broker and topic prefix?") from None
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    reply = json.loads(raw)
+    if not reply.get("ok"):
+        raise UsageError(str(reply.get("error", "the alerts service refused the command")))
+    return reply.get("result")
