@@ -95,6 +95,8 @@ class AlertService:
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda _c, _u, msg: self._inbox.put(msg)
         self.client.on_disconnect = lambda *_a: self.connected.clear()
+        # "connected" means subscribed: an event published before the SUBACK could otherwise be missed.
+        self.client.on_subscribe = lambda *_a: self.connected.set()
         if notifiers is None:
             from alerts.channels import build_notifiers
 
@@ -108,7 +110,6 @@ class AlertService:
             return
         prefix = self.settings.topic_prefix
         client.subscribe([(subscription("event", prefix), 1), (request_topic(prefix), 1)])
-        self.connected.set()
         log.info("alerts: listening on %s", subscription("event", prefix))
 
     # ------------------------------------------------------------------ the loop
