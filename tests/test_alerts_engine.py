@@ -17,7 +17,7 @@ T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 def event(state: str = "firing", severity: str = "critical", rule: str = "limit:methane",
           equipment: str = "gas_face_1203", ch4: float = 1.2, **kw: Any) -> AnomalyEvent:
     return AnomalyEvent(ts=T0, start=T0, site="yanshan_mine", area="face_1203", equipment=equipment,
-                        sensor="ch4_pct", detector="limit", rule=rule, severity=severity, state=state,  # type: ignore[arg-type]
+                        sensor="ch4_pct", detector="limit", rule=rule, severity=severity, state=state,
                         score=1.0, threshold=1.0, values={"ch4_pct": ch4}, message=f"CH4 {ch4} % >= 1.0 %", **kw)
 
 

@@ -100,7 +100,7 @@ def channels(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[di
 def anomaly(rule: str, severity: str, state: str = "firing", value: float = 1.6) -> bytes:
     now = datetime.now(UTC)
     return AnomalyEvent(ts=now, start=now, site=SITE, area=AREA, equipment=EQ, sensor="ch4_pct", detector="limit",
-                        rule=rule, severity=severity, state=state, score=1.0, threshold=1.5,  # type: ignore[arg-type]
+                        rule=rule, severity=severity, state=state, score=1.0, threshold=1.5,
                         values={"ch4_pct": value}, message=f"CH4 {value} %vol at the coal face").encode()
 
 
