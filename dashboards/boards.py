@@ -282,7 +282,8 @@ class BoardFactory:
                                         self._shared_limits(of_type, fig["sensor"]), g))
         d = d.with_panel(self._table(self.t("active_alerts"), self._active_alerts_query(), g, w=14))
         reporting = ('SELECT count("last_seq") FROM (SELECT last("seq") AS "last_seq" '
-                     f'FROM {measurements_regex(types)} WHERE {tag_filter("site", "area")} AND time >= now() - 5m GROUP BY "equipment")')
+                     f'FROM {measurements_regex(types)} WHERE {tag_filter("site", "area")} '
+                     'AND time >= now() - 5m GROUP BY "equipment")')
         d = d.with_panel(bargauge.Panel().title(self.t("equipment_reporting"))
                          .datasource(model.DataSourceRef(type_val="influxdb", uid=self.ds))
                          .with_target(InfluxQL(reporting, self.ds, alias="$measurement"))
