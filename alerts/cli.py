@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import threading
 from typing import Any
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds."""
-    from smartmine.errors import UsageError
-
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise UsageError(f"duration {text!r} is not understood; use e.g. 90s, 15m, 2h or 1d")
-    return float(m.group(1)) * _UNIT_S[m.group(2) or "s"]
+from smartmine.cli import parse_duration
 
 
 def register(subparsers: Any) -> None:

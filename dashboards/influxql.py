@@ -64,6 +64,8 @@ def measurements_regex(names: Sequence[str]) -> str:
 
 # ------------------------------------------------------------------ variable filling, as Grafana does it
 def _regex_value(values: Sequence[str]) -> str:
+    if list(values) == ["$__all"]:
+        return ".*"  # Grafana's All: every value, which matches like an unrestricted regex
     escaped = [re.sub(r"([\\/.^$*+?()\[\]{}|])", r"\\\1", v) for v in values]
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
 

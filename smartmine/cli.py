@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +32,18 @@ STAGE_COMMANDS: tuple[str, ...] = (
 )
 
 Handler = Callable[[argparse.Namespace], int | None]
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
+_DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """An argparse ``type=`` for durations: ``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"duration {text!r} is not understood; use e.g. 90s, 15m, 2h or 1d")
+    return float(m.group(1)) * _DURATION_UNIT_S[m.group(2) or "s"]
 
 
 def settings_from(args: argparse.Namespace) -> Any:
