@@ -363,6 +363,8 @@ class BoardFactory:
         for type_id in sorted({eq.type for eq in meters}):
             where = f'{tag_filter("site", "area", "equipment")} AND $timeFilter'
             for sensor_id, sensor in self.catalog.types[type_id].sensors.items():
+                if not any(sensor_id in eq.sensors for eq in meters):
+                    continue  # e.g. blast-furnace gas is metered at the steel works, not at the mine
                 name = sensor.name.get(self.language)
                 if sensor.kind == "counter":
                     # A counter's consumption in the range; a meter reset shows as a negative step, so

@@ -7,7 +7,9 @@ from Grafana's published HTTP API reference (legacy ``/api`` routes, served by G
 - Folder API: ``GET /api/folders/:uid`` (404 when missing), ``POST /api/folders`` with ``{uid, title}``
 - Dashboard API: ``POST /api/dashboards/db`` with ``{dashboard, folderUid, overwrite, message}``;
   ``dashboard.uid`` at most 40 characters, ``dashboard.id`` null or absent for an upsert by uid
-- Annotations API: ``POST /api/annotations`` with ``{time, timeEnd?, tags, text, dashboardUID?, panelId?}``
+- Data source API: ``GET /api/datasources/uid/:uid`` (404 when missing)
+- Annotations API: ``GET /api/annotations?from=&to=&tags=&limit=`` (epoch ms, every tag must match),
+  ``POST /api/annotations`` with ``{time, timeEnd?, tags, text, dashboardUID?, panelId?}``
   (epoch milliseconds); ``PATCH /api/annotations/:id`` with any of ``{time, timeEnd, tags, text}``
 """
 
@@ -19,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 
 @dataclass
@@ -75,6 +78,7 @@ class GrafanaRecorder:
     folders: dict[str, dict[str, Any]] = field(default_factory=dict)
     dashboards: dict[str, dict[str, Any]] = field(default_factory=dict)
     annotations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    datasources: set[str] = field(default_factory=lambda: {"smartmine-influxdb"})
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -101,11 +105,14 @@ class GrafanaRecorder:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
-                path = self.path.split("?")[0]
+                path, _, query = self.path.partition("?")
                 recorder.requests.append(Recorded(self.command, self.path, body, dict(self.headers)))
                 if not self.headers.get("Authorization", "").startswith("Bearer "):
                     recorder.problems.append(f"{self.command} {path}: no bearer token")
-                status, answer = recorder.route(self.command, path, body)
+                if self.command == "GET" and path == "/api/annotations":
+                    status, answer = recorder.find_annotations(parse_qs(query))
+                else:
+                    status, answer = recorder.route(self.command, path, body)
                 self._reply(status, answer)
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
@@ -119,8 +126,27 @@ class GrafanaRecorder:
             self.server.shutdown()
             self.server.server_close()
 
+    def find_annotations(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        unknown = set(query) - {"from", "to", "tags", "limit", "type", "dashboardUID", "panelId", "alertId",
+                                "dashboardId", "userId", "matchAny"}
+        if unknown:
+            self.problems.append(f"GET /api/annotations: unknown parameters {sorted(unknown)}")
+        for key in ("from", "to"):
+            if key in query and not query[key][0].isdigit():
+                self.problems.append(f"GET /api/annotations: {key} must be epoch milliseconds")
+        lo = int(query.get("from", ["0"])[0])
+        hi = int(query.get("to", [str(2**62)])[0])
+        tags = set(query.get("tags", []))
+        found = [{"id": i, **a} for i, a in self.annotations.items()
+                 if lo <= a.get("time", 0) <= hi and tags <= set(a.get("tags") or [])]
+        return 200, found
+
     def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         where = f"{method} {path}"
+        if (m := re.fullmatch(r"/api/datasources/uid/([A-Za-z0-9_-]+)", path)) and method == "GET":
+            if m.group(1) in self.datasources:
+                return 200, {"uid": m.group(1), "type": "influxdb", "name": "smartmine InfluxDB"}
+            return 404, {"message": "Data source not found"}
         if m := re.fullmatch(r"/api/folders/([A-Za-z0-9_-]+)", path):
             if method == "GET":
                 folder = self.folders.get(m.group(1))
