@@ -63,7 +63,7 @@ def test_every_board_validates_against_the_dashboard_model(boards: list[Board]) 
             area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
             assert not area & cells, f"{b.uid}: {p['title']} overlaps another panel"
             cells |= area
-            values = [v for v, _ in steps(p)[1:]]
+            values = [v for v, _ in steps(p)[1:] if v is not None]
             assert values == sorted(values), f"{b.uid}: {p['title']} thresholds out of order"
         defined = {v["name"] for v in b.json["templating"]["list"]} | BUILTIN_VARIABLES
         texts = json.dumps([b.json["panels"], b.json["templating"], b.json["annotations"]])
