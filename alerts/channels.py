@@ -37,10 +37,12 @@ def build_notifiers(settings: Settings, client: mqtt.Client) -> list[Notifier]:
             cfg.smtp_host, cfg.smtp_port, cfg.smtp_from, cfg.smtp_to, starttls=cfg.smtp_starttls, user=cfg.smtp_user,
             password=cfg.smtp_password.get_secret_value() if cfg.smtp_password else None,
             min_severity=cfg.email_min_severity))
-    if settings.grafana_url and cfg.grafana_annotations:
+    token = settings.grafana_token.get_secret_value() if settings.grafana_token else ""
+    if settings.grafana_url and token and cfg.grafana_annotations:
         from grafana_client import GrafanaApi
 
-        token = settings.grafana_token.get_secret_value() if settings.grafana_token else None
         notifiers.append(GrafanaAnnotationNotifier(GrafanaApi.from_url(settings.grafana_url, credential=token)))
+    elif settings.grafana_url and cfg.grafana_annotations:
+        log.warning("SMARTMINE_GRAFANA_URL is set but SMARTMINE_GRAFANA_TOKEN is empty: no Grafana annotations")
     log.info("alert channels: %s", ", ".join(n.name for n in notifiers))
     return notifiers
