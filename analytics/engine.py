@@ -1,0 +1,266 @@
+"""Which detectors watch which sensor, built from the catalog and the settings; the loop driving them.
+
+This is the only place that decides the detector set (Telegraf's agent: the loop is written once, the
+detectors are plugins). Per sensor, from its catalog entry:
+
+- every catalog limit -> a :class:`LimitRule` and an :class:`EarlyWarning` (gauges)
+- gauges -> robust median/MAD, EWMA chart, CUSUM, and stuck detection
+- counters -> counter-decrease; every sensor -> dropout, and out-of-physical-range when it has one
+- state sensors (on/off) -> only their limits
+- per equipment: PCA T²/Q over its gauges, and drift against each ``redundant_with`` neighbour
+  (the neighbour's readings are fed in by :class:`PlantScorer`)
+
+Windows are set in seconds (settings) and turned into samples with the catalog's sample period.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analytics.detector import Detector, SensorContext, level_of, severity_of
+from analytics.early import EarlyWarning
+from analytics.episodes import EpisodeTracker, Transition, batch_transitions
+from analytics.health import CounterDecrease, Dropout, Flatline, PhysicalRange
+from analytics.limits import LimitRule
+from analytics.multivariate import PcaMonitor, RedundantDrift
+from analytics.statistical import Cusum, EwmaChart, RobustZ
+from smartmine.catalog import Catalog, ResolvedEquipment
+from smartmine.config import AnalyticsSettings
+
+
+def samples(seconds: float, period_s: float, minimum: int = 2) -> int:
+    return max(round(seconds / period_s), minimum)
+
+
+def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings) -> list[Detector]:
+    """The detectors of one sensor, configured from its catalog entry and the settings."""
+    period = ctx.sample_period_s
+    dets: list[Detector] = [LimitRule(ctx, lim, alarm_severity=cfg.limit_alarm_severity,
+                                      power_off_severity=cfg.limit_power_off_severity) for lim in ctx.limits]
+    stat_sev = cfg.statistical_severity
+    if ctx.kind == "gauge":
+        window = samples(cfg.window_s, period, 8)
+        hop = samples(cfg.hop_s, period, 1)
+        early_window = samples(cfg.early_window_s, period, 8)
+        early_hop = samples(cfg.early_hop_s, period, 1)
+        dets += [EarlyWarning(ctx, lim, window=early_window, hop=early_hop, horizon_s=cfg.early_horizon_s,
+                              min_t=cfg.early_min_t, severity=stat_sev) for lim in ctx.limits]
+        novelty = samples(cfg.novelty_s, period, 0)
+        dets += [
+            RobustZ(ctx, window=window, hop=hop, threshold=cfg.mad_threshold, severity=stat_sev, novelty=novelty),
+            EwmaChart(ctx, window=window, hop=hop, threshold=cfg.ewma_threshold, smoothing=cfg.ewma_smoothing,
+                      severity=stat_sev, novelty=novelty),
+            Cusum(ctx, window=window, hop=hop, threshold=cfg.cusum_threshold,
+                  memory=samples(cfg.cusum_memory_s, period, 2), severity=stat_sev, novelty=novelty),
+            Flatline(ctx, samples=samples(cfg.stuck_after_s, period, 3), severity=stat_sev),
+        ]
+    elif ctx.kind == "counter":
+        dets.append(CounterDecrease(ctx, severity=stat_sev))
+    dets.append(Dropout(ctx, factor=cfg.dropout_factor, severity=stat_sev))
+    if ctx.physical is not None:
+        dets.append(PhysicalRange(ctx, severity=stat_sev))
+    for d in dets:
+        if not isinstance(d, LimitRule):  # a limit's hysteresis is its hold
+            d.hold_s = cfg.clear_after_s
+    return dets
+
+
+def _ns(times: pd.Series | pd.Index) -> np.ndarray:
+    idx = pd.DatetimeIndex(times)
+    idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    return idx.as_unit("ns").asi8
+
+
+class EquipmentScorer:
+    """All detectors of one equipment and their episodes, in streaming (``step``) or batch (``run``) form."""
+
+    def __init__(self, eq: ResolvedEquipment, cfg: AnalyticsSettings, language: str = "en") -> None:
+        self.eq = eq
+        self.cfg = cfg
+        self.contexts = {sid: SensorContext.from_catalog(eq, sid, language) for sid in eq.sensors}
+        self.detectors: dict[str, list[Detector]] = {
+            sid: sensor_detectors(ctx, cfg) for sid, ctx in self.contexts.items()}
+        self.tracker = EpisodeTracker()
+        self.samples = 0
+        self.unknown_sensors: set[str] = set()
+        self.pca = self._pca(language)
+        # sensor -> drift detector against the first redundant neighbour that has the same sensor
+        self.drift: dict[str, RedundantDrift] = {}
+        if eq.redundant_with:
+            neighbour = eq.redundant_with[0]
+            for sid, ctx in self.contexts.items():
+                if ctx.kind == "gauge":
+                    d = RedundantDrift(ctx, neighbour, window=samples(cfg.window_s * 2.5, ctx.sample_period_s, 8),
+                                       hop=samples(cfg.hop_s, ctx.sample_period_s, 1), share=cfg.drift_threshold,
+                                       severity=cfg.statistical_severity)
+                    d.hold_s = cfg.clear_after_s
+                    self.drift[sid] = d
+
+    def _pca(self, language: str) -> PcaMonitor | None:
+        """PCA over the equipment's gauges, when it has at least two (rows at the fastest sensor's rate)."""
+        gauges = [sid for sid, ctx in self.contexts.items() if ctx.kind == "gauge"]
+        if len(gauges) < 2:
+            return None
+        period = min(self.contexts[sid].sample_period_s for sid in gauges)
+        ctx = SensorContext(site=self.eq.site, area=self.eq.area, equipment=self.eq.id,
+                            equipment_name=self.eq.name.get(language), sensor="", sensor_name="")
+        pca = PcaMonitor(gauges, ctx, window=samples(self.cfg.pca_window_s, period, 4 * len(gauges)),
+                         hop=samples(self.cfg.pca_refit_s, period, 1), severity=self.cfg.statistical_severity)
+        pca.hold_s = self.cfg.clear_after_s
+        return pca
+
+    def all_detectors(self) -> Iterator[Detector]:
+        for dets in self.detectors.values():
+            yield from dets
+        if self.pca is not None:
+            yield self.pca
+        yield from self.drift.values()
+
+    def step_vector(self, det: Detector, ts: int, row: np.ndarray) -> Transition | None:
+        """Streaming for a detector that takes several values per sample (PCA)."""
+        a = det.update(ts, row)  # type: ignore[arg-type]
+        if a is not None:
+            return self.tracker.flagged(a)
+        if det.rule in self.tracker.open:
+            return self.tracker.quiet(det, ts, math.nan)
+        return None
+
+    def step_drift(self, ts: int, sensor: str, difference: float) -> Transition | None:
+        """Streaming: this sensor minus its redundant neighbour's latest reading."""
+        det = self.drift.get(sensor)
+        return None if det is None else self.tracker.observe(det, ts, difference)
+
+    def step(self, ts: int, readings: Mapping[str, float]) -> list[Transition]:
+        """Streaming: one equipment sample (sensor -> value) at ``ts`` ns."""
+        out: list[Transition] = []
+        observe = self.tracker.observe
+        for sensor, x in readings.items():
+            dets = self.detectors.get(sensor)
+            if dets is None:
+                self.unknown_sensors.add(sensor)
+                continue
+            for d in dets:
+                t = observe(d, ts, x)
+                if t is not None:
+                    out.append(t)
+        if self.pca is not None:
+            row = np.array([readings.get(c, math.nan) for c in self.pca.columns], dtype=np.float64)
+            t = self.step_vector(self.pca, ts, row)
+            if t is not None:
+                out.append(t)
+        self.samples += 1
+        return out
+
+    def run(self, frame: pd.DataFrame) -> list[Transition]:
+        """Batch: a frame with a ``time`` column (or a DatetimeIndex) and one column per sensor,
+        sorted by time. Continues the episodes of an earlier ``run`` (backfill in chunks)."""
+        times = frame["time"] if "time" in frame.columns else frame.index
+        ts_all = _ns(times)
+        out: list[Transition] = []
+        for sensor, dets in self.detectors.items():
+            if sensor not in frame.columns:
+                continue
+            x_all = pd.to_numeric(frame[sensor], errors="coerce").to_numpy(dtype=np.float64)
+            mask = np.isfinite(x_all)
+            ts, x = ts_all[mask], x_all[mask]
+            for d in dets:
+                out.extend(batch_transitions(self.tracker, d, ts, x, d.run(ts, x)))
+        if self.pca is not None and all(c in frame.columns for c in self.pca.columns):
+            rows = frame[self.pca.columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+            v = self.pca.run(ts_all, rows)
+            out.extend(batch_transitions(self.tracker, self.pca, ts_all, np.full(len(ts_all), np.nan), v))
+        self.samples += len(frame)
+        out.sort(key=lambda t: t.ts)
+        return out
+
+    def run_drift(self, frame: pd.DataFrame, neighbour: pd.DataFrame) -> list[Transition]:
+        """Batch drift against the redundant neighbour: each sample minus the neighbour's latest reading
+        at or before it (no older than two sample periods), as the streaming job sees it."""
+        out: list[Transition] = []
+        left = pd.DataFrame({"time": pd.to_datetime(frame["time"], utc=True)})
+        right_time = pd.to_datetime(neighbour["time"], utc=True)
+        for sensor, det in self.drift.items():
+            if sensor not in frame.columns or sensor not in neighbour.columns:
+                continue
+            tol = pd.Timedelta(seconds=2 * det.ctx.sample_period_s)
+            a = left.assign(a=pd.to_numeric(frame[sensor], errors="coerce").to_numpy()).dropna()
+            b = pd.DataFrame({"time": right_time, "b": pd.to_numeric(neighbour[sensor], errors="coerce")}).dropna()
+            merged = pd.merge_asof(a.sort_values("time"), b.sort_values("time"), on="time", direction="backward",
+                                   tolerance=tol).dropna()
+            ts = _ns(merged["time"])
+            diff = (merged["a"] - merged["b"]).to_numpy(dtype=np.float64)
+            out.extend(batch_transitions(self.tracker, det, ts, diff, det.run(ts, diff)))
+        return out
+
+
+class PlantScorer:
+    """Every equipment of the catalog, built on first sight (the streaming job's state)."""
+
+    def __init__(self, catalog: Catalog, cfg: AnalyticsSettings, language: str = "en") -> None:
+        self.catalog = catalog
+        self.cfg = cfg
+        self.language = language
+        self.equipment: dict[tuple[str, str], EquipmentScorer | None] = {}
+        # (site, equipment) -> sensor -> (ts, value): the latest reading, for redundant neighbours
+        self.latest: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
+        self._watched: set[tuple[str, str]] = set()
+        for eq in catalog.all_equipment():
+            self._watched.update((eq.site, n) for n in eq.redundant_with)
+
+    def step(self, site: str, equipment: str, ts: int, readings: Mapping[str, float]) -> list[Transition] | None:
+        """Score one equipment sample; ``None`` when the equipment is not in the catalog."""
+        scorer = self.scorer(site, equipment)
+        if scorer is None:
+            return None
+        out = scorer.step(ts, readings)
+        if (site, equipment) in self._watched:
+            latest = self.latest.setdefault((site, equipment), {})
+            for sensor, x in readings.items():
+                if math.isfinite(x):
+                    latest[sensor] = (ts, x)
+        if scorer.drift:
+            neighbour = self.latest.get((site, scorer.eq.redundant_with[0]), {})
+            for sensor, det in scorer.drift.items():
+                x = readings.get(sensor, math.nan)
+                seen = neighbour.get(sensor)
+                if seen is None or not math.isfinite(x) or ts - seen[0] > 2e9 * det.ctx.sample_period_s:
+                    continue
+                t = scorer.step_drift(ts, sensor, x - seen[1])
+                if t is not None:
+                    out.append(t)
+        return out
+
+    def scorer(self, site: str, equipment: str) -> EquipmentScorer | None:
+        key = (site, equipment)
+        if key not in self.equipment:
+            eq = self.catalog.equipment(site, equipment)
+            self.equipment[key] = EquipmentScorer(eq, self.cfg, self.language) if eq is not None else None
+        return self.equipment[key]
+
+
+@dataclass(frozen=True, slots=True)
+class Combined:
+    """One equipment's state from all its detectors: the highest score and one severity."""
+
+    score: float
+    severity: str | None
+    detectors: tuple[str, ...]
+
+
+def combine(scores: Mapping[str, float], levels: Mapping[str, int]) -> Combined:
+    """Fuse detectors' scores into one. The score is the highest (scores share a scale: 0.5 at each
+    detector's threshold); the severity is the highest level flagged, raised from ``warning`` to
+    ``critical`` when two or more different detectors agree (independent evidence)."""
+    flagged = tuple(sorted(name for name, lv in levels.items() if lv > 0))
+    score = max(scores.values(), default=0.0)
+    if not flagged:
+        return Combined(score, None, ())
+    level = max(levels[name] for name in flagged)
+    if len(flagged) >= 2 and level == level_of("warning"):
+        level = level_of("critical")
+    return Combined(score, severity_of(level), flagged)

@@ -1,0 +1,168 @@
+"""Sensor health: is the instrument telling the truth? Stuck, dropout, out of range, counter going back.
+
+A sensor fault is not a process fault, and ops treat it differently (send an instrument technician,
+not stop the face). These detectors say so in their message. Drift against a redundant neighbour
+needs two series and lives in :mod:`analytics.multivariate`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from analytics.detector import Detector, FloatArray, SensorContext, Verdicts, about, level_of, ratio_score, ratio_scores
+
+
+class Flatline(Detector):
+    """Stuck / flatline: the same value, bit for bit, for ``samples`` samples in a row.
+
+    A live analogue sensor always carries some noise in its last digits; a frozen transmitter
+    repeats its last value exactly.
+    """
+
+    name = "stuck"
+
+    def __init__(self, ctx: SensorContext, *, samples: int = 600, severity: str = "warning") -> None:
+        super().__init__(ctx)
+        self.rule = f"health:stuck:{self.ctx.sensor}"
+        self.samples = samples
+        self._level = level_of(severity)
+        self.prev = math.nan
+        self.run_len = 0
+
+    def _step(self, ts: int, x: float) -> tuple[float, int]:
+        self.run_len = self.run_len + 1 if x == self.prev else 1
+        self.prev = x
+        return ratio_score(float(self.run_len), float(self.samples)), (
+            self._level if self.run_len >= self.samples else 0)
+
+    def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        n = len(x)
+        idx = np.arange(n)
+        change = np.ones(n, dtype=bool)
+        change[1:] = x[1:] != x[:-1]
+        start = np.maximum.accumulate(np.where(change, idx, 0)) if n else idx
+        run = (idx - start + 1).astype(np.float64)
+        level = np.where(run >= self.samples, self._level, 0).astype(np.int8)
+        return Verdicts(ratio_scores(run, float(self.samples)), level, {"run_samples": run})
+
+    def evidence(self) -> dict[str, float]:
+        return {"run_samples": float(self.run_len)}
+
+    def threshold_of(self, ev: Mapping[str, float], level: int) -> float:
+        return float(self.samples)
+
+    def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
+        dur = ev["run_samples"] * self.ctx.sample_period_s
+        return f"{self.ctx.where} has read exactly {self.ctx.fmt(x)} for {about(dur)}: sensor stuck?"
+
+
+class Dropout(Detector):
+    """Missing data: a gap longer than ``factor`` sample periods before this sample.
+
+    The streaming job also watches for silence as it happens (no sample at all); this detector marks
+    the gap once data resumes, in both forms, so a backfill shows the same gaps the live job saw.
+    """
+
+    name = "dropout"
+
+    def __init__(self, ctx: SensorContext, *, factor: float = 10.0, severity: str = "warning") -> None:
+        super().__init__(ctx)
+        self.rule = f"health:dropout:{self.ctx.sensor}"
+        self.max_gap_s = factor * self.ctx.sample_period_s
+        self._level = level_of(severity)
+        self.prev_ts: int | None = None
+        self.gap_s = 0.0
+
+    def _step(self, ts: int, x: float) -> tuple[float, int]:
+        self.gap_s = 0.0 if self.prev_ts is None else (ts - self.prev_ts) / 1e9
+        self.prev_ts = ts
+        return ratio_score(self.gap_s, self.max_gap_s), (self._level if self.gap_s > self.max_gap_s else 0)
+
+    def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        gap = np.zeros(len(ts))
+        gap[1:] = (ts[1:] - ts[:-1]) / 1e9
+        level = np.where(gap > self.max_gap_s, self._level, 0).astype(np.int8)
+        return Verdicts(ratio_scores(gap, self.max_gap_s), level, {"gap_s": gap})
+
+    def evidence(self) -> dict[str, float]:
+        return {"gap_s": self.gap_s}
+
+    def threshold_of(self, ev: Mapping[str, float], level: int) -> float:
+        return self.max_gap_s
+
+    def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
+        return (f"No data from {self.ctx.where} for {about(ev['gap_s'])} before this sample "
+                f"(expected every {self.ctx.sample_period_s:g} s)")
+
+
+class PhysicalRange(Detector):
+    """A reading the instrument cannot produce (outside the catalog's physical range): a sensor fault."""
+
+    name = "range"
+
+    def __init__(self, ctx: SensorContext, *, severity: str = "warning") -> None:
+        super().__init__(ctx)
+        if ctx.physical is None:
+            raise ValueError(f"{ctx.sensor}: no physical range in the catalog")
+        self.rule = f"health:range:{self.ctx.sensor}"
+        self.low, self.high = ctx.physical
+        self._level = level_of(severity)
+
+    def _step(self, ts: int, x: float) -> tuple[float, int]:
+        bad = x < self.low or x > self.high
+        return (1.0, self._level) if bad else (0.0, 0)
+
+    def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        bad = (x < self.low) | (x > self.high)
+        return Verdicts(bad.astype(np.float64), np.where(bad, self._level, 0).astype(np.int8), {})
+
+    def evidence(self) -> dict[str, float]:
+        return {}
+
+    def threshold_of(self, ev: Mapping[str, float], level: int) -> float:
+        return self.high
+
+    def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
+        fmt = self.ctx.fmt
+        return (f"{self.ctx.where} reads {fmt(x)}, outside what the instrument can report "
+                f"({fmt(self.low)} to {fmt(self.high)}): sensor fault")
+
+
+class CounterDecrease(Detector):
+    """A monotonic counter (energy in kWh) that went down: a meter reset or a data fault."""
+
+    name = "counter"
+
+    def __init__(self, ctx: SensorContext, *, severity: str = "warning") -> None:
+        super().__init__(ctx)
+        self.rule = f"health:counter:{self.ctx.sensor}"
+        self._level = level_of(severity)
+        self.prev = math.nan
+        self.drop = 0.0
+
+    def _step(self, ts: int, x: float) -> tuple[float, int]:
+        self.drop = self.prev - x if x < self.prev else 0.0
+        self.prev = x
+        return (1.0, self._level) if self.drop > 0 else (0.0, 0)
+
+    def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        drop = np.zeros(len(x))
+        if len(x) > 1:
+            d = x[:-1] - x[1:]
+            drop[1:] = np.where(x[1:] < x[:-1], d, 0.0)
+        bad = drop > 0
+        return Verdicts(bad.astype(np.float64), np.where(bad, self._level, 0).astype(np.int8), {"drop": drop})
+
+    def evidence(self) -> dict[str, float]:
+        return {"drop": self.drop}
+
+    def threshold_of(self, ev: Mapping[str, float], level: int) -> float:
+        return 0.0
+
+    def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
+        fmt = self.ctx.fmt
+        return (f"{self.ctx.where} went down by {fmt(ev['drop'])} to {fmt(x)}: a counter only rises, "
+                "so the meter was reset or the data is wrong")

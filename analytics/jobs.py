@@ -1,0 +1,287 @@
+"""The two analytics jobs: streaming (MQTT telemetry, near real time) and batch / backfill (InfluxDB).
+
+Both score with :mod:`analytics.engine` and hand the resulting transitions to the same sinks: the
+InfluxDB ``anomalies`` measurement and the ``event`` channel for alerts (:mod:`analytics.store`).
+
+Streaming: paho's network thread only queues messages; the job's thread decodes, scores and writes,
+so a slow InfluxDB never blocks the broker connection. A message that does not follow the wire
+format, or names equipment the catalog does not know, is counted and logged once per topic; it never
+stops the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analytics.engine import EquipmentScorer, PlantScorer
+from analytics.episodes import Transition
+from analytics.store import AnomalySink, CollectingSink, EventPublisher, InfluxAnomalySink, write_all
+from smartmine.catalog import Catalog
+from smartmine.config import Settings
+from smartmine.errors import UsageError
+from smartmine.schema import QUALITY_SUFFIX, ts_ns
+from smartmine.wire import WireError, parse_telemetry, parse_topic, subscription
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSummary:
+    messages: int = 0
+    readings: int = 0
+    rejected: int = 0
+    unknown_equipment: int = 0
+    firing: int = 0
+    escalated: int = 0
+    cleared: int = 0
+    seconds: float = 0.0
+    by_rule: dict[str, int] = field(default_factory=dict)
+
+    def count(self, transitions: Sequence[Transition]) -> None:
+        for t in transitions:
+            setattr(self, t.kind, getattr(self, t.kind) + 1)
+            if t.kind == "firing":
+                self.by_rule[t.episode.rule] = self.by_rule.get(t.episode.rule, 0) + 1
+
+    def line(self) -> str:
+        rate = self.readings / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.messages} messages, {self.readings} readings ({rate:,.0f}/s), {self.firing} anomalies "
+                f"fired, {self.escalated} escalated, {self.cleared} cleared; {self.rejected} rejected, "
+                f"{self.unknown_equipment} from unknown equipment")
+
+
+def _connect(settings: Settings, client_id: str) -> Any:
+    from smartmine.mqtt import make_client
+
+    client = make_client(settings.mqtt, client_id, ca_file=settings.mqtt_ca_file)
+    client.connect(settings.mqtt.host, settings.mqtt.port, keepalive=30)
+    return client
+
+
+class StreamJob:
+    """``smartmine analyze stream``: subscribe to telemetry, score every sample, write and publish."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, *, site: str | None = None,
+                 sinks: Sequence[AnomalySink] | None = None, flush_interval_s: float = 0.5) -> None:
+        self.settings = settings
+        self.site = site
+        self.plant = PlantScorer(catalog, settings.analytics, settings.language)
+        self.flush_interval_s = flush_interval_s
+        self.summary = JobSummary()
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100_000)
+        self._sinks = list(sinks) if sinks is not None else None
+        self._warned: set[str] = set()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT connect refused: %s", reason)
+            return
+        sub = subscription("telemetry", self.settings.topic_prefix, self.site or "+")
+        client.subscribe(sub, qos=1)
+        log.info("analytics: subscribed to %s", sub)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self.ready.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        # Blocks paho's thread when the scorer is 100k messages behind: back-pressure, not loss.
+        self._queue.put((msg.topic, msg.payload))
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned and len(self._warned) < 10_000:
+            self._warned.add(key)
+            log.warning("%s", text)
+
+    def handle(self, topic_name: str, payload: bytes) -> list[Transition]:
+        """Decode and score one telemetry message."""
+        self.summary.messages += 1
+        try:
+            t = parse_topic(topic_name, self.settings.topic_prefix)
+            sample = parse_telemetry(payload)
+        except WireError as exc:
+            self.summary.rejected += 1
+            self._warn_once(topic_name, f"analytics: rejected message on {topic_name}: {exc}")
+            return []
+        readings = {s: v for s, (v, q) in sample.values().items() if q != "bad"}  # bad data is not evidence
+        out = self.plant.step(t.site, t.equipment, ts_ns(sample.ts), readings)
+        if out is None:
+            self.summary.unknown_equipment += 1
+            self._warn_once(topic_name, f"analytics: {t.site}/{t.equipment} is not in the catalog; not scored")
+            return []
+        self.summary.readings += len(readings)
+        return out
+
+    def run(self, *, duration_s: float | None = None, max_messages: int | None = None) -> JobSummary:
+        from smartmine.influx import InfluxClient
+
+        influx = None
+        mqtt = _connect(self.settings, f"{self.settings.analytics.client_id}-{id(self):x}")
+        if self._sinks is None:
+            influx = InfluxClient.from_settings(self.settings)
+            self._sinks = [InfluxAnomalySink(influx), EventPublisher(mqtt, self.settings.topic_prefix)]
+        mqtt.on_connect = self._on_connect
+        mqtt.on_subscribe = self._on_subscribe
+        mqtt.on_message = self._on_message
+        mqtt.loop_start()
+        started = time.monotonic()
+        deadline = started + duration_s if duration_s is not None else None
+        next_flush = started + self.flush_interval_s
+        next_report = started + 60.0
+        pending: list[Transition] = []
+        try:
+            while not self.stop_event.is_set():
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if max_messages is not None and self.summary.messages >= max_messages:
+                    break
+                try:
+                    topic_name, payload = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+                else:
+                    pending.extend(self.handle(topic_name, payload))
+                    while len(pending) < 10_000:  # drain what is queued before writing
+                        try:
+                            topic_name, payload = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        pending.extend(self.handle(topic_name, payload))
+                if pending and (time.monotonic() >= next_flush or len(pending) >= 10_000):
+                    self._emit(pending)
+                    pending = []
+                    next_flush = time.monotonic() + self.flush_interval_s
+                if time.monotonic() >= next_report:
+                    self.summary.seconds = time.monotonic() - started
+                    log.info("analytics: %s", self.summary.line())
+                    next_report += 60.0
+        finally:
+            self._emit(pending)
+            for sink in self._sinks:
+                sink.close()
+            mqtt.loop_stop()
+            mqtt.disconnect()
+            if influx is not None:
+                influx.close()
+            self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def _emit(self, transitions: list[Transition]) -> None:
+        if not transitions:
+            return
+        assert self._sinks is not None
+        self.summary.count(transitions)
+        write_all(self._sinks, transitions)
+
+
+# ------------------------------------------------------------------------------------------------ batch
+_RELATIVE = re.compile(r"^(?:now)?-(\d+(?:\.\d+)?)(s|m|h|d)$")
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """``now``, ``now-2h`` / ``now-30m`` / ``now-7d`` (or ``-2h``), or ISO 8601 (UTC when no offset is given)."""
+    now = now or datetime.now(UTC)
+    if text == "now":
+        return now
+    m = _RELATIVE.match(text)
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return now - timedelta(**{unit: float(m.group(1))})
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError:
+        raise UsageError(f"time {text!r} is neither 'now', a relative time like -2h, nor ISO 8601") from None
+    ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def equipment_query(scorer: EquipmentScorer, start: datetime, end: datetime) -> str:
+    from smartmine.influx import quote_ident, quote_string
+
+    eq = scorer.eq
+    return (f"SELECT * FROM {quote_ident(eq.type)} WHERE site = {quote_string(eq.site)} "
+            f"AND equipment = {quote_string(eq.id)} AND time >= {ts_ns(start)} AND time < {ts_ns(end)}")
+
+
+def telemetry_frame(raw: pd.DataFrame, sensors: Sequence[str]) -> pd.DataFrame:
+    """The sensors' columns of an InfluxQL result, ``bad`` quality readings blanked, sorted by time."""
+    frame = pd.DataFrame({"time": raw["time"]})
+    for sensor in sensors:
+        if sensor not in raw.columns:
+            continue
+        col = pd.to_numeric(raw[sensor], errors="coerce").astype(np.float64)
+        quality = raw.get(sensor + QUALITY_SUFFIX)
+        if quality is not None:
+            col = col.mask(quality == "bad")
+        frame[sensor] = col
+    return frame.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def run_batch(settings: Settings, catalog: Catalog, start: datetime, end: datetime, *, site: str | None = None,
+              equipment: str | None = None, sinks: Sequence[AnomalySink] | None = None,
+              publish_events: bool = True, progress: Any = None) -> tuple[JobSummary, list[Transition]]:
+    """Score ``[start, end)`` of every equipment (of ``site``) from InfluxDB; write and publish the anomalies."""
+    from smartmine.influx import InfluxClient
+
+    if end <= start:
+        raise UsageError(f"--to {end.isoformat()} is not after --from {start.isoformat()}")
+    if site is not None and site not in catalog.sites:
+        raise UsageError(f"site {site!r} is not in the catalog (known: {', '.join(catalog.site_ids())})")
+    targets = [eq for eq in catalog.all_equipment(site) if equipment is None or eq.id == equipment]
+    if not targets:
+        raise UsageError(f"no equipment {equipment!r} in the catalog" + (f" at site {site!r}" if site else ""))
+    influx = InfluxClient.from_settings(settings)
+    mqtt = None
+    collected = CollectingSink()
+    if sinks is None:
+        sinks = [InfluxAnomalySink(influx)]
+        if publish_events:
+            mqtt = _connect(settings, f"{settings.analytics.client_id}-batch-{id(collected):x}")
+            mqtt.loop_start()
+            sinks.append(EventPublisher(mqtt, settings.topic_prefix))
+    all_sinks = [*sinks, collected]
+    summary = JobSummary()
+    started = time.monotonic()
+    try:
+        for i, eq in enumerate(targets):
+            scorer = EquipmentScorer(eq, settings.analytics, settings.language)
+            raw = influx.query_df(equipment_query(scorer, start, end))
+            if progress is not None:
+                progress(i + 1, len(targets), eq, len(raw))
+            if raw.empty:
+                continue
+            frame = telemetry_frame(raw, list(eq.sensors))
+            summary.messages += len(frame)
+            summary.readings += int(frame.drop(columns="time").notna().to_numpy().sum())
+            transitions = scorer.run(frame)
+            if scorer.drift:
+                neighbour = catalog.equipment(eq.site, eq.redundant_with[0])
+                if neighbour is not None:
+                    other = EquipmentScorer(neighbour, settings.analytics, settings.language)
+                    raw_n = influx.query_df(equipment_query(other, start, end))
+                    if not raw_n.empty:
+                        transitions += scorer.run_drift(frame, telemetry_frame(raw_n, list(neighbour.sensors)))
+            summary.count(transitions)
+            write_all(all_sinks, transitions)
+    finally:
+        for sink in all_sinks:
+            sink.close()
+        if mqtt is not None:
+            mqtt.loop_stop()
+            mqtt.disconnect()
+        influx.close()
+        summary.seconds = time.monotonic() - started
+    return summary, collected.transitions

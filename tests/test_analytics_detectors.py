@@ -1,0 +1,332 @@
+"""Every detector gives the same answers in its streaming and its batch form, and each finds what it
+is for: limits never miss, hysteresis holds, early warnings come before the crossing, sensor faults
+are named as such."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analytics.detector import Detector, SensorContext
+from analytics.early import EarlyWarning
+from analytics.engine import EquipmentScorer, combine
+from analytics.episodes import EpisodeTracker, batch_transitions
+from analytics.health import CounterDecrease, Dropout, Flatline, PhysicalRange
+from analytics.limits import LimitRule
+from analytics.multivariate import PcaMonitor, RedundantDrift
+from analytics.statistical import Cusum, EwmaChart, RobustZ
+from smartmine.catalog import Limit, ResolvedEquipment, load_catalog
+from smartmine.config import AnalyticsSettings
+
+CATALOG = load_catalog()
+
+
+def equipment(eq_id: str) -> ResolvedEquipment:
+    eq = CATALOG.equipment("yanshan_mine", eq_id)
+    assert eq is not None
+    return eq
+
+
+GAS = equipment("gas_upper_corner_1203")
+CH4 = SensorContext.from_catalog(GAS, "ch4_pct")
+METHANE = CH4.limits[0]  # working face: alarm 1.0, power-off 1.5, restore 1.0
+O2_LOW = Limit(name="oxygen_low", direction="low", alarm=20.0, restore=20.3, source="test: low limit mirror")
+ENERGY = equipment("meter_mine_main")
+T0 = 1_800_000_000_000_000_000
+
+# name -> factory of a fresh detector; every detector of analytics is here.
+DETECTORS: dict[str, Callable[[], Detector]] = {
+    "limit": lambda: LimitRule(CH4, METHANE),
+    "limit_low": lambda: LimitRule(CH4, O2_LOW),
+    "mad": lambda: RobustZ(CH4, window=40, hop=7, threshold=4.0),
+    "mad_novelty": lambda: RobustZ(CH4, window=40, hop=7, threshold=4.0, novelty=25),
+    "ewma": lambda: EwmaChart(CH4, window=40, hop=7, threshold=3.0, novelty=25),
+    "cusum": lambda: Cusum(CH4, window=40, hop=7, threshold=5.0, memory=30, novelty=25),
+    "early": lambda: EarlyWarning(CH4, METHANE, window=30, hop=5, horizon_s=600, min_t=3.0),
+    "early_low": lambda: EarlyWarning(CH4, O2_LOW, window=30, hop=5, horizon_s=600, min_t=3.0),
+    "stuck": lambda: Flatline(CH4, samples=5),
+    "dropout": lambda: Dropout(CH4, factor=3.0),
+    "range": lambda: PhysicalRange(CH4),
+    "counter": lambda: CounterDecrease(SensorContext.from_catalog(ENERGY, "energy_kwh")),
+    "drift": lambda: RedundantDrift(CH4, "gas_return_1203", window=30, hop=5),
+}
+
+
+def streaming(det: Detector, ts: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = [det.step(int(t), float(v)) for t, v in zip(ts, x, strict=True)]
+    return np.array([s for s, _ in out]), np.array([lv for _, lv in out])
+
+
+def assert_same(name: str, ts: np.ndarray, x: np.ndarray) -> None:
+    score, level = streaming(DETECTORS[name](), ts, x)
+    batch = DETECTORS[name]().run(ts, x)
+    np.testing.assert_array_equal(level, batch.level, err_msg=f"{name}: flags differ")
+    np.testing.assert_allclose(score, batch.score, rtol=1e-12, atol=1e-12, err_msg=f"{name}: scores differ")
+
+
+# Plant-like series: a level, noise, and pieces that break it (spikes, steps, ramps, flat runs, gaps).
+@st.composite
+def plant_series(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    n = draw(st.integers(min_value=0, max_value=260))
+    seed = draw(st.integers(min_value=0, max_value=2**31))
+    rng = np.random.default_rng(seed)
+    level = draw(st.sampled_from([0.3, 0.9, 1.2, 20.5]))
+    noise = draw(st.sampled_from([0.0, 0.001, 0.05]))
+    x = level + noise * rng.standard_normal(n)
+    for _ in range(draw(st.integers(0, 4))):
+        if n < 2:
+            break
+        a = int(rng.integers(0, n - 1))
+        b = int(rng.integers(a + 1, n + 1))
+        kind = draw(st.sampled_from(["step", "ramp", "spike", "flat", "nan", "quantise"]))
+        if kind == "step":
+            x[a:b] += draw(st.sampled_from([-0.5, 0.4, 1.0, 3.0]))
+        elif kind == "ramp":
+            x[a:b] += np.linspace(0, draw(st.sampled_from([-1.0, 0.8, 2.0])), b - a)
+        elif kind == "spike":
+            x[a] += draw(st.sampled_from([-2.0, 5.0]))
+        elif kind == "flat":
+            x[a:b] = x[a]
+        elif kind == "nan":
+            x[a:b] = np.nan
+        else:
+            x[a:b] = np.round(x[a:b], 1)
+    gaps = rng.choice([1, 1, 1, 1, 5], size=n) if draw(st.booleans()) else np.ones(n, dtype=np.int64)
+    ts = T0 + np.cumsum(gaps).astype(np.int64) * 1_000_000_000
+    return ts, x
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(series=plant_series())
+def test_streaming_and_batch_forms_agree(name: str, series: tuple[np.ndarray, np.ndarray]) -> None:
+    ts, x = series
+    assert_same(name, ts, x)
+
+
+def test_pca_streaming_and_batch_forms_agree() -> None:
+    rng = np.random.default_rng(5)
+    n = 400
+    speed = 4 + 0.05 * rng.standard_normal(n)
+    rows = np.column_stack([speed, speed + 0.01 * rng.standard_normal(n), 100 + 10 * rng.standard_normal(n)])
+    rows[300:, 1] -= 0.4  # belt slip: drive and belt speed part ways
+    rows[50:60, 2] = np.nan  # a sensor that reports less often: carried forward
+    ts = T0 + np.arange(n, dtype=np.int64) * 1_000_000_000
+    stream = PcaMonitor(["belt", "drive", "current"], window=120, hop=60)
+    out = [stream.step(int(t), r) for t, r in zip(ts, rows, strict=True)]
+    batch = PcaMonitor(["belt", "drive", "current"], window=120, hop=60).run(ts, rows)
+    np.testing.assert_array_equal([lv for _, lv in out], batch.level)
+    np.testing.assert_allclose([s for s, _ in out], batch.score, rtol=1e-9)
+    assert batch.level[300:310].all(), "the broken correlation is flagged at once"
+    assert not batch.level[120:300].any(), "no alarm while the belt runs normally"
+
+
+def test_detect_returns_the_evidence_of_each_flagged_sample() -> None:
+    times = pd.date_range("2026-11-27 08:00", periods=5, freq="1s", tz="UTC")
+    found = LimitRule(CH4, METHANE).detect(pd.Series([0.5, 1.0, 1.7, 0.99, 0.5], index=times))
+    assert [(a.ts, a.severity) for a in found] == [
+        (times[1].value, "critical"), (times[2].value, "emergency")]
+    a = found[1]
+    assert (a.detector, a.rule, a.threshold, a.values["ch4_pct"]) == ("limit", "limit:methane", 1.5, 1.7)
+    assert a.message == "Methane at Upper corner 1203 is 1.70 %, >= the power-off level 1.50 % (CMSR-498)"
+
+
+# ------------------------------------------------------------------------------------------ limit rules
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=3.0, allow_nan=False), max_size=80))
+def test_limit_rules_never_miss_a_violating_sample(values: list[float]) -> None:
+    x = np.array(values)
+    ts = T0 + np.arange(len(x), dtype=np.int64)
+    v = LimitRule(CH4, METHANE).run(ts, x)
+    assert (v.level[x >= 1.0] >= 3).all(), "every sample at or above 1.0 % is at least critical"
+    assert (v.level[x >= 1.5] == 4).all(), "every sample at or above 1.5 % is an emergency (power-off)"
+    assert (v.level[x < 1.0] == 0).all(), "restore 1.0 %: everything below clears"
+
+
+def test_hysteresis_holds_power_off_until_restore() -> None:
+    lim = Limit(name="sump_high", alarm=4.5, power_off=6.0, restore=4.0, source="test")
+    x = np.array([3.0, 4.6, 6.1, 5.0, 4.2, 4.4, 3.9, 4.3, 4.6])
+    v = LimitRule(CH4, lim).run(T0 + np.arange(len(x)), x)
+    # normal, alarm, power-off, held (5.0), held (4.2), held (4.4), cleared below 4.0, normal (4.3 < alarm), alarm
+    assert v.level.tolist() == [0, 3, 4, 4, 4, 4, 0, 0, 3]
+
+
+def test_low_limit_is_the_mirror_image() -> None:
+    x = np.array([20.8, 20.1, 19.9, 20.2, 20.4])
+    v = LimitRule(CH4, O2_LOW).run(T0 + np.arange(5), x)
+    assert v.level.tolist() == [0, 0, 3, 3, 0]  # alarm at <= 20.0, clears only above restore 20.3
+
+
+# ------------------------------------------------------------------------------------------ early warning
+def test_early_warning_comes_before_the_limit_is_crossed() -> None:
+    rng = np.random.default_rng(2)
+    n = 1800
+    x = 0.4 + 0.01 * rng.standard_normal(n)
+    x[600:] += np.arange(n - 600) * (0.8 / 1200)  # +0.04 %/min: 1.0 % is reached at about t = 1500 s
+    ts = T0 + np.arange(n, dtype=np.int64) * 1_000_000_000
+    det = EarlyWarning(CH4, METHANE, window=300, hop=10, horizon_s=900, min_t=6.0)
+    warnings = [a for t, v in zip(ts, x, strict=True) if (a := det.update(int(t), float(v)))]
+    crossing = int(np.argmax(x >= 1.0))
+    assert warnings, "a steady rise towards the alarm level is warned about"
+    first = (warnings[0].ts - T0) // 1_000_000_000
+    assert first < crossing - 300, "at least five minutes ahead of the crossing"
+    assert all(a.values["ch4_pct"] < 1.0 for a in warnings), "past the limit, the limit rule owns it"
+    assert "will reach 1.00 % in about" in warnings[0].message and "Upper corner 1203" in warnings[0].message
+    eta = warnings[0].values["eta_s"]
+    assert abs((first + eta) - crossing) < 240, "the predicted time to the limit is about right"
+
+
+def test_no_early_warning_on_a_noisy_flat_signal() -> None:
+    rng = np.random.default_rng(4)
+    x = 0.8 + 0.05 * rng.standard_normal(3000)
+    ts = T0 + np.arange(3000, dtype=np.int64) * 1_000_000_000
+    assert not EarlyWarning(CH4, METHANE, window=300, hop=10).run(ts, x).level.any()
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_robust_scores_find_a_spike_and_a_step_but_not_noise() -> None:
+    rng = np.random.default_rng(8)
+    n = 2000
+    x = 0.4 + 0.01 * rng.standard_normal(n)
+    x[1000] = 0.6  # a spike of 20 sigma
+    x[1500:] += 0.05  # a step of 5 sigma
+    ts = T0 + np.arange(n, dtype=np.int64) * 1_000_000_000
+    mad = RobustZ(CH4, window=240, hop=30, threshold=6.0).run(ts, x)
+    assert mad.level[1000] and mad.level[:1000].sum() == 0
+    cusum = Cusum(CH4, window=240, hop=30, threshold=10.0, memory=120).run(ts, x)
+    first = int(np.argmax(cusum.level[1400:] > 0)) + 1400
+    assert 1500 <= first < 1520, "the change point is found within 20 samples"
+    assert not cusum.level[:1000].any()
+    ewma = EwmaChart(CH4, window=240, hop=30, threshold=5.0).run(ts, x)
+    assert ewma.level[1500:1560].any() and not ewma.level[:1000].any()
+
+
+def test_novelty_gate_stays_quiet_on_a_repeating_cycle() -> None:
+    # A duty cycle (a hoist trip every 100 s) the reference window is too short to learn.
+    n = 3000
+    x = np.where((np.arange(n) % 100) < 20, 1.0, 0.3) + 0.001 * np.random.default_rng(1).standard_normal(n)
+    ts = T0 + np.arange(n, dtype=np.int64) * 1_000_000_000
+    plain = RobustZ(CH4, window=60, hop=10, threshold=6.0).run(ts, x)
+    gated = RobustZ(CH4, window=60, hop=10, threshold=6.0, novelty=300).run(ts, x)
+    assert plain.level[1000:].sum() > 100
+    assert gated.level[1000:].sum() == 0
+
+
+# ------------------------------------------------------------------------------------------ sensor health
+def test_sensor_health_names_the_fault() -> None:
+    ts = T0 + np.arange(10, dtype=np.int64) * 1_000_000_000
+    stuck = Flatline(CH4, samples=4).detect(pd.Series([0.41, 0.42] + [0.43] * 8, index=ts))
+    assert stuck[0].ts == ts[5] and "read exactly 0.43 % for about 4 s: sensor stuck?" in stuck[0].message
+    rng = PhysicalRange(CH4).detect(pd.Series([0.4, 120.0, 0.4], index=ts[:3]))
+    assert len(rng) == 1 and "sensor fault" in rng[0].message
+    gap_ts = ts.copy()
+    gap_ts[5:] += 600_000_000_000
+    gaps = Dropout(CH4, factor=10).detect(pd.Series(np.full(10, 0.4), index=gap_ts))
+    assert [a.ts for a in gaps] == [gap_ts[5]] and "No data from Methane at Upper corner 1203" in gaps[0].message
+    meter = SensorContext.from_catalog(ENERGY, "energy_kwh")
+    resets = CounterDecrease(meter).detect(pd.Series([100.0, 101.0, 5.0, 6.0], index=ts[:4]))
+    assert len(resets) == 1 and "meter was reset" in resets[0].message
+
+
+def test_drift_against_a_redundant_neighbour() -> None:
+    rng = np.random.default_rng(9)
+    diff = 0.005 * rng.standard_normal(1200)
+    diff[600:] += np.linspace(0, 0.2, 600)  # one sensor drifts by 0.2 % (a third of the normal range)
+    ts = T0 + np.arange(1200, dtype=np.int64) * 1_000_000_000
+    v = RedundantDrift(CH4, "gas_return_1203", window=120, hop=30, share=0.1).run(ts, diff)
+    assert not v.level[:700].any() and v.level[-60:].all()
+
+
+# ------------------------------------------------------------------------------------------ episodes, engine
+def test_batch_and_streaming_produce_the_same_episodes() -> None:
+    rng = np.random.default_rng(12)
+    x = 0.4 + 0.01 * rng.standard_normal(900)
+    x[300:320] = 1.2
+    x[500] = 0.9
+    x[700:] = 0.4  # flat: stuck
+    x[400:410] = np.nan
+    ts = T0 + np.arange(900, dtype=np.int64) * 1_000_000_000
+    cfg = AnalyticsSettings(stuck_after_s=60, clear_after_s=5)
+    stream = EquipmentScorer(GAS, cfg)
+    live = [t for i in range(900) for t in stream.step(int(ts[i]), {"ch4_pct": float(x[i])})]
+    batch = EquipmentScorer(GAS, cfg).run(pd.DataFrame({"time": pd.to_datetime(ts, utc=True), "ch4_pct": x}))
+    key = lambda t: (t.ts, t.kind, t.episode.rule, t.episode.severity, t.message)  # noqa: E731
+    assert sorted(map(key, live)) == sorted(map(key, batch))
+    rules = {t.episode.rule for t in batch}
+    assert {"limit:methane", "mad:ch4_pct", "health:stuck:ch4_pct"} <= rules
+
+
+def test_batch_transitions_continue_an_episode_across_chunks() -> None:
+    det = LimitRule(CH4, METHANE)
+    tracker = EpisodeTracker()
+    ts = T0 + np.arange(6, dtype=np.int64)
+    x1 = np.array([0.5, 1.2, 1.3])
+    first = batch_transitions(tracker, det, ts[:3], x1, det.run(ts[:3], x1))
+    det2 = LimitRule(CH4, METHANE)  # the next chunk: the episode is still open in the tracker
+    x2 = np.array([1.1, 0.9, 0.8])
+    second = batch_transitions(tracker, det2, ts[3:], x2, det2.run(ts[3:], x2))
+    assert [t.kind for t in first] == ["firing"] and [t.kind for t in second] == ["cleared"]
+    assert second[0].ts == ts[4] and second[0].end == ts[3]
+
+
+def test_combined_severity_rises_when_detectors_agree() -> None:
+    assert combine({"mad": 0.7}, {"mad": 2}).severity == "warning"
+    both = combine({"mad": 0.7, "cusum": 0.6}, {"mad": 2, "cusum": 2})
+    assert both.severity == "critical" and both.score == 0.7
+    assert combine({"limit": 1.0}, {"limit": 4}).severity == "emergency"
+    assert combine({"mad": 0.2}, {"mad": 0}).severity is None
+
+
+def test_equipment_pca_finds_belt_slip_the_same_way_in_both_forms() -> None:
+    belt = equipment("belt_main_1")
+    rng = np.random.default_rng(21)
+    n = 1500
+    load = 0.5 + 0.2 * np.sin(np.arange(n) / 120)
+    speed = 4.0 + 0.01 * rng.standard_normal(n)
+    frame = pd.DataFrame({
+        "time": pd.to_datetime(T0 + np.arange(n, dtype=np.int64) * 1_000_000_000, utc=True),
+        "belt_speed_m_s": speed, "drive_speed_m_s": speed + 0.005 * rng.standard_normal(n),
+        "motor_current_a": 100 + 80 * load + rng.standard_normal(n),
+        "load_t_h": 1800 * load + 5 * rng.standard_normal(n),
+        "bearing_temp_c": 50 + 0.1 * rng.standard_normal(n), "vibration_mm_s": 1.5 + 0.05 * rng.standard_normal(n),
+        "vibration_kurtosis": 3.0 + 0.05 * rng.standard_normal(n),
+    })
+    frame.loc[1200:, "belt_speed_m_s"] -= 0.12  # slip: the belt lags the drive drum
+    cfg = AnalyticsSettings(pca_window_s=600, pca_refit_s=120)
+    batch = EquipmentScorer(belt, cfg).run(frame)
+    stream = EquipmentScorer(belt, cfg)
+    cols = [c for c in frame.columns if c != "time"]
+    ts = _ns_of(frame)
+    live = [t for i in range(n) for t in stream.step(int(ts[i]), {c: float(frame[c].iat[i]) for c in cols})]
+    key = lambda t: (t.ts, t.kind, t.episode.rule, t.episode.severity)  # noqa: E731
+    assert sorted(map(key, live)) == sorted(map(key, batch))
+    pca = [t for t in batch if t.episode.rule == "pca:belt_main_1" and t.kind == "firing"]
+    assert pca and (pca[0].ts - T0) // 1_000_000_000 == 1200
+    assert "Main belt 1" in pca[0].message
+
+
+def _ns_of(frame: pd.DataFrame) -> np.ndarray:
+    return pd.DatetimeIndex(frame["time"]).as_unit("ns").asi8
+
+
+def test_drift_against_the_redundant_return_airway_sensor_in_the_stream() -> None:
+    from analytics.engine import PlantScorer
+
+    plant = PlantScorer(CATALOG, AnalyticsSettings(window_s=60, hop_s=10, drift_threshold=0.1))
+    rng = np.random.default_rng(5)
+    fired = []
+    for i in range(600):
+        ts = T0 + i * 1_000_000_000
+        true = 0.5 + 0.01 * rng.standard_normal()
+        plant.step("yanshan_mine", "gas_return_1203", ts, {"ch4_pct": true})
+        drifted = true + (0.0 if i < 300 else 0.0005 * (i - 300))  # the redundant sensor drifts up
+        out = plant.step("yanshan_mine", "gas_return_1203_b", ts, {"ch4_pct": drifted})
+        assert out is not None
+        fired += [t for t in out if t.episode.rule == "health:drift:ch4_pct" and t.kind == "firing"]
+    assert len(fired) == 1 and 300 < (fired[0].ts - T0) // 1_000_000_000 < 500
+    assert "redundant neighbour gas_return_1203" in fired[0].message
