@@ -302,7 +302,8 @@ def test_equipment_pca_finds_belt_slip_the_same_way_in_both_forms() -> None:
     stream = EquipmentScorer(belt, cfg)
     cols = [c for c in frame.columns if c != "time"]
     ts = _ns_of(frame)
-    live = [t for i in range(n) for t in stream.step(int(ts[i]), {c: float(frame[c].iat[i]) for c in cols})]
+    values = frame[cols].to_numpy(dtype=np.float64)
+    live = [t for i in range(n) for t in stream.step(int(ts[i]), dict(zip(cols, values[i].tolist(), strict=True)))]
     key = lambda t: (t.ts, t.kind, t.episode.rule, t.episode.severity)  # noqa: E731
     assert sorted(map(key, live)) == sorted(map(key, batch))
     pca = [t for t in batch if t.episode.rule == "pca:belt_main_1" and t.kind == "firing"]
