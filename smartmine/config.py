@@ -173,6 +173,14 @@ class AnalyticsSettings(BaseModel):
     statistical_severity: Literal["info", "warning", "critical", "emergency"] = "warning"
 
 
+class SimulatorSettings(BaseModel):
+    """Settings of the simulators' MQTT publishing (``SMARTMINE_SIMULATOR__<NAME>``)."""
+
+    buffer_messages: int = Field(default=100_000, ge=1, description="Messages kept while the broker is away; "
+                                                                    "the oldest are dropped beyond this")
+    reconnect_max_s: int = Field(default=30, ge=1, description="Longest wait between reconnect attempts")
+
+
 class Settings(BaseSettings):
     """Effective settings. Environment: ``SMARTMINE_<FIELD>`` and ``SMARTMINE_<SECTION>__<FIELD>``."""
 
@@ -201,6 +209,7 @@ class Settings(BaseSettings):
     alerts: AlertsSettings = AlertsSettings()
     dashboards: DashboardsSettings = DashboardsSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
 
     @field_validator("mqtt_url")
     @classmethod

@@ -1,0 +1,486 @@
+"""Equipment models: how each catalog equipment type's sensors move, vectorised across devices.
+
+One :class:`TypeGroup` holds every simulated device of one equipment type (across sites and replicas)
+as numpy arrays, so a tick costs a handful of array operations per sensor, not a Python loop per
+device. The behaviour is data (``models.yaml``): each sensor follows a driver (the site's shift load,
+the daily cycle, the main fan's air volume, the equipment's duty cycle or another sensor of the same
+equipment) through a first-order lag, with slow process wander and white measurement noise, all sized
+as fractions of the sensor's catalog normal range. Faults act through :class:`FaultInputs`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from smartmine.catalog import Catalog
+from smartmine.catalog.model import EquipmentType
+
+MODELS_FILE = Path(__file__).with_name("models.yaml")
+# Noise is drawn per device in blocks of this many ticks: one generator call per device per block
+# keeps every device's stream its own while the tick loop stays vectorised.
+NOISE_BLOCK = 256
+# The air-volume ratio under which a gas reading stops growing: the fan has stopped, the gas still
+# diffuses, and a division by ~0 would be no model at all.
+MIN_VENTILATION = 0.05
+
+SITE_DRIVERS = ("const", "load", "daily", "ventilation")
+EQUIPMENT_DRIVERS = ("cycle", "running")
+
+
+class ModelError(ValueError):
+    """``models.yaml`` does not fit the catalog or itself; the message names the type and sensor."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SensorModel(_Strict):
+    driver: str = "const"
+    at: tuple[float, float] = (0.5, 0.5)
+    relation: Literal["linear", "inverse"] = "linear"
+    spread: float = Field(0.05, ge=0)
+    tau_s: float = Field(0.0, ge=0)
+    noise: float = Field(0.01, ge=0)
+    wander: float = Field(0.03, ge=0)
+    wander_tau_s: float = Field(900.0, gt=0)
+    rate_of: str | None = None
+    rate_scale: float = 1.0
+    rate_per_h: tuple[float, float] | None = None
+    initial: tuple[float, float] | None = None
+    bearing: bool = False
+
+    @property
+    def integrating(self) -> bool:
+        return self.rate_of is not None or self.rate_per_h is not None
+
+
+class CycleModel(_Strict):
+    shape: Literal["trapezoid", "square", "sawtooth"]
+    period_s: float = Field(gt=0)
+    duty: float = Field(gt=0, le=1)
+    ramp: float = Field(0.1, ge=0, lt=0.5)
+
+
+class RunningModel(_Strict):
+    sensor: str
+    on_above: float
+    off_below: float
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> RunningModel:
+        if self.off_below >= self.on_above:
+            raise ValueError("off_below must be below on_above (hysteresis)")
+        return self
+
+
+class TypeModel(_Strict):
+    cycle: CycleModel | None = None
+    running: RunningModel | None = None
+    sensors: dict[str, dict[str, Any]]
+
+
+class SiteKindModel(_Strict):
+    shift_load: tuple[float, float, float]
+    handover_dip: float = Field(ge=0, le=1)
+    handover_s: float = Field(gt=0)
+    load_wander: float = Field(ge=0)
+
+
+class SiteDriverSource(_Strict):
+    type: str
+    sensor: str
+
+
+class ModelsFile(_Strict):
+    defaults: dict[str, Any] = {}
+    site_kinds: dict[str, SiteKindModel]
+    shift_start_hours: tuple[int, int, int]
+    site_drivers: dict[str, SiteDriverSource] = {}
+    types: dict[str, TypeModel]
+
+
+@dataclass(frozen=True)
+class Models:
+    """The validated models file: per type, its sensor models in dependency order."""
+
+    site_kinds: dict[str, SiteKindModel]
+    shift_start_hours: tuple[int, int, int]
+    ventilation: SiteDriverSource | None
+    types: dict[str, TypeModel]
+    sensors: dict[str, dict[str, SensorModel]]
+
+
+@cache
+def load_models(file: Path = MODELS_FILE) -> ModelsFile:
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        return ModelsFile.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelError(f"{file}: {exc}") from exc
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise ModelError(f"{file}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def resolve_models(catalog: Catalog, file: Path = MODELS_FILE) -> Models:
+    """Check the models against the catalog: every type and sensor modelled, drivers known, no cycles."""
+    data = load_models(file)
+    sensors: dict[str, dict[str, SensorModel]] = {}
+    for tid, spec in catalog.types.items():
+        where = f"{file.name}: types.{tid}"
+        tmodel = data.types.get(tid)
+        if tmodel is None:
+            raise ModelError(f"{where}: equipment type of the catalog has no model")
+        unknown = set(tmodel.sensors) - set(spec.sensors)
+        if unknown:
+            raise ModelError(f"{where}: sensors {sorted(unknown)} are not in the catalog type")
+        models: dict[str, SensorModel] = {}
+        for sid in spec.sensors:
+            if sid not in tmodel.sensors:
+                raise ModelError(f"{where}.sensors.{sid}: catalog sensor has no model")
+            try:
+                models[sid] = SensorModel.model_validate({**data.defaults, **tmodel.sensors[sid]})
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                raise ModelError(f"{where}.sensors.{sid}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        sensors[tid] = _dependency_order(where, models, tmodel, spec)
+    vent = data.site_drivers.get("ventilation")
+    if vent is not None and (vent.type not in catalog.types or vent.sensor not in catalog.types[vent.type].sensors):
+        raise ModelError(f"{file.name}: site_drivers.ventilation: {vent.type}.{vent.sensor} is not in the catalog")
+    kinds = {s.kind for s in catalog.sites.values()}
+    missing = kinds - set(data.site_kinds)
+    if missing:
+        raise ModelError(f"{file.name}: site_kinds: no shift model for {sorted(missing)}")
+    return Models(data.site_kinds, data.shift_start_hours, vent, data.types, sensors)
+
+
+def _dependency_order(where: str, models: dict[str, SensorModel], tmodel: TypeModel,
+                      spec: EquipmentType) -> dict[str, SensorModel]:
+    deps: dict[str, str | None] = {}
+    for sid, m in models.items():
+        dep: str | None = None
+        if m.driver.startswith("sensor:"):
+            dep = m.driver.removeprefix("sensor:")
+        elif m.driver == "cycle" and tmodel.cycle is None:
+            raise ModelError(f"{where}.sensors.{sid}: driver 'cycle' but the type has no cycle")
+        elif m.driver == "running" and tmodel.running is None:
+            raise ModelError(f"{where}.sensors.{sid}: driver 'running' but the type has no running rule")
+        elif m.driver not in SITE_DRIVERS + EQUIPMENT_DRIVERS:
+            raise ModelError(f"{where}.sensors.{sid}: unknown driver {m.driver!r}")
+        if m.rate_of is not None:
+            dep = m.rate_of
+        if dep is not None and dep not in models:
+            raise ModelError(f"{where}.sensors.{sid}: depends on unknown sensor {dep!r}")
+        deps[sid] = dep
+    if tmodel.running is not None and tmodel.running.sensor not in spec.sensors:
+        raise ModelError(f"{where}.running.sensor: {tmodel.running.sensor!r} is not a sensor of the type")
+    ordered: dict[str, SensorModel] = {}
+    while len(ordered) < len(models):
+        progress = False
+        for sid, dep in deps.items():
+            if sid not in ordered and (dep is None or dep in ordered):
+                ordered[sid] = models[sid]
+                progress = True
+        if not progress:
+            raise ModelError(f"{where}: sensor drivers form a cycle among {sorted(set(models) - set(ordered))}")
+    return ordered
+
+
+def stable_hash(*parts: str) -> int:
+    """A hash that is the same in every process and Python version (``hash()`` is salted)."""
+    return zlib.crc32("/".join(parts).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One simulated piece of equipment: where it publishes and which catalog entry it copies."""
+
+    site: str           # the site id in topics (a replica gets a suffix)
+    catalog_site: str
+    area: str
+    equipment: str
+    type: str
+    site_index: int     # index into the per-site driver arrays
+
+    @property
+    def publisher(self) -> str:
+        """The publisher id (``src``): the scope of the device's sequence numbers."""
+        return f"sim-{self.site}-{self.equipment}"
+
+
+@dataclass
+class FaultInputs:
+    """What process faults do to a group this tick, per [device, sensor].
+
+    ``target * mult + add`` acts before the lag (a change the process follows at its own pace);
+    ``pv_add`` acts after it (a gas release the sensor sees at once).
+    """
+
+    mult: np.ndarray
+    add: np.ndarray
+    pv_add: np.ndarray
+    active: bool = False
+
+    def reset(self) -> None:
+        if self.active:
+            self.mult.fill(1.0)
+            self.add.fill(0.0)
+            self.pv_add.fill(0.0)
+            self.active = False
+
+
+@dataclass
+class TypeGroup:
+    """Every device of one equipment type, stepped together."""
+
+    type: str
+    devices: list[Device]
+    sensor_ids: list[str]
+    enabled: np.ndarray               # [dev, sensor] bool: sensors_enabled of the catalog entry
+    normal_lo: np.ndarray
+    span: np.ndarray
+    physical_lo: np.ndarray
+    physical_hi: np.ndarray
+    period_ticks: np.ndarray          # [sensor]
+    decimals: np.ndarray              # [sensor]
+    phase: np.ndarray                 # [dev] sampling phase in ticks
+    models: list[SensorModel]
+    step_order: list[int]             # columns in dependency order (a driver before what it drives)
+    type_model: TypeModel
+    dt_s: float
+    rngs: list[np.random.Generator]
+    offsets: np.ndarray               # [dev, sensor] per-device position offset (spread)
+    pv: np.ndarray                    # [dev, sensor] process value (lagged state + wander)
+    lagged: np.ndarray                # [dev, sensor]
+    wander: np.ndarray                # [dev, sensor] standardised OU state
+    running: np.ndarray               # [dev] 0/1
+    cycle_phase: np.ndarray           # [dev] 0..1
+    faults: FaultInputs
+    index: dict[str, int] = field(default_factory=dict)
+    _noise: np.ndarray | None = None
+    _noise_start: int = -NOISE_BLOCK
+
+    def __post_init__(self) -> None:
+        self.index = {s: i for i, s in enumerate(self.sensor_ids)}
+        n_sens = len(self.sensor_ids)
+        self._alpha = np.array([1.0 if m.tau_s <= 0 else 1.0 - math.exp(-self.dt_s / m.tau_s) for m in self.models])
+        a = np.array([math.exp(-self.dt_s / m.wander_tau_s) for m in self.models])
+        self._wander_a = a
+        self._wander_b = np.sqrt(1.0 - a * a)
+        self._noise_sd = np.array([m.noise for m in self.models]) * self.span
+        self._wander_sd = np.array([m.wander for m in self.models]) * self.span
+        self.scale = 10.0 ** self.decimals
+        self.site_idx = np.array([d.site_index for d in self.devices], dtype=int)
+        assert self.pv.shape == (len(self.devices), n_sens)
+
+    def noise(self, tick: int) -> tuple[np.ndarray, np.ndarray]:
+        """This tick's standard-normal draws: (measurement noise, wander innovation), each [dev, sensor]."""
+        if tick - self._noise_start >= NOISE_BLOCK or tick < self._noise_start:
+            self._noise_start = tick - tick % NOISE_BLOCK
+            n = len(self.sensor_ids)
+            self._noise = np.stack([rng.standard_normal((NOISE_BLOCK, 2 * n)) for rng in self.rngs], axis=1)
+        assert self._noise is not None
+        row = self._noise[tick - self._noise_start]
+        n = len(self.sensor_ids)
+        return row[:, :n], row[:, n:]
+
+
+def build_groups(catalog: Catalog, models: Models, sites: list[tuple[str, str, int]], seed: int,
+                 dt_s: float) -> list[TypeGroup]:
+    """One group per equipment type over ``sites`` = [(topic site id, catalog site id, site index)].
+
+    Groups come in stepping order: a type that defines a site-wide driver (the main fan's air volume)
+    goes before the types that read it.
+    """
+    by_type: dict[str, list[tuple[Device, Any]]] = {}
+    for topic_site, catalog_site, index in sites:
+        for eq in catalog.all_equipment(catalog_site):
+            dev = Device(topic_site, catalog_site, eq.area, eq.id, eq.type, index)
+            by_type.setdefault(eq.type, []).append((dev, eq))
+    first = models.ventilation.type if models.ventilation else None
+    order = sorted(by_type, key=lambda t: (t != first, list(catalog.types).index(t)))
+    return [_build_group(catalog.types[t], t, by_type[t], models, seed, dt_s) for t in order]
+
+
+def _build_group(spec: EquipmentType, tid: str, members: list[tuple[Device, Any]], models: Models, seed: int,
+                 dt_s: float) -> TypeGroup:
+    ordered = models.sensors[tid]
+    # Columns (and payload keys) follow the catalog; stepping follows the dependency order.
+    sensor_ids = list(spec.sensors)
+    sensor_models = {s: ordered[s] for s in sensor_ids}
+    step_order = [sensor_ids.index(s) for s in ordered]
+    specs = [spec.sensors[s] for s in sensor_ids]
+    n_dev, n_sens = len(members), len(sensor_ids)
+    lo = np.array([s.normal[0] for s in specs])
+    hi = np.array([s.normal[1] for s in specs])
+    plo = np.array([s.physical[0] for s in specs])
+    phi = np.array([s.physical[1] for s in specs])
+    # A state sensor (smoke) has an empty normal range: scale its noise and decimals by the physical one.
+    span = np.where(hi > lo, hi - lo, phi - plo)
+    decimals = np.clip(3 - np.floor(np.log10(span)), 0, 6).astype(int)
+    period = np.array([max(1, round(s.sample_period_s / dt_s)) for s in specs])
+    enabled = np.array([[sid in eq.sensors for sid in sensor_ids] for _, eq in members], dtype=bool)
+
+    rngs: list[np.random.Generator] = []
+    offsets = np.zeros((n_dev, n_sens))
+    phase = np.zeros(n_dev, dtype=int)
+    cycle_phase = np.zeros(n_dev)
+    lagged = np.zeros((n_dev, n_sens))
+    wander = np.zeros((n_dev, n_sens))
+    tmodel = models.types[tid]
+    for i, (dev, _) in enumerate(members):
+        # Each device has its own generator: adding a device elsewhere never changes this one's values.
+        rng = np.random.default_rng(np.random.SeedSequence(
+            entropy=seed, spawn_key=(stable_hash(dev.site), stable_hash(dev.equipment))))
+        rngs.append(rng)
+        spread = np.array([m.spread for m in sensor_models.values()])
+        offsets[i] = rng.uniform(-1.0, 1.0, n_sens) * spread
+        phase[i] = int(rng.integers(0, int(period.max())))
+        cycle_phase[i] = rng.uniform()
+        wander[i] = rng.standard_normal(n_sens)
+        for j, m in enumerate(sensor_models.values()):
+            if m.initial is not None:
+                lagged[i, j] = rng.uniform(*m.initial)
+    group = TypeGroup(
+        type=tid, devices=[d for d, _ in members], sensor_ids=sensor_ids, enabled=enabled, normal_lo=lo, span=span,
+        physical_lo=plo, physical_hi=phi, period_ticks=period, decimals=decimals, phase=phase,
+        models=list(sensor_models.values()), step_order=step_order, type_model=tmodel, dt_s=dt_s, rngs=rngs,
+        offsets=offsets,
+        pv=np.zeros((n_dev, n_sens)), lagged=lagged, wander=wander, running=np.zeros(n_dev),
+        cycle_phase=cycle_phase,
+        faults=FaultInputs(np.ones((n_dev, n_sens)), np.zeros((n_dev, n_sens)), np.zeros((n_dev, n_sens))),
+    )
+    if tmodel.running is not None:
+        # Start half the pumps running so a fresh simulation does not begin with every pump idle.
+        group.running[:] = (cycle_phase > 0.5).astype(float)
+    return group
+
+
+@dataclass
+class SiteDrivers:
+    """Site-wide drivers for one tick, one entry per site (replica)."""
+
+    load: np.ndarray
+    daily: np.ndarray
+    ventilation: np.ndarray
+
+
+class ShiftClock:
+    """The production load and daily cycle of each site, from its shifts and its local time."""
+
+    def __init__(self, catalog: Catalog, models: Models, sites: list[tuple[str, str, int]], seed: int,
+                 dt_s: float) -> None:
+        self.models = models
+        self.zones = [ZoneInfo(catalog.sites[c].timezone) for _, c, _ in sites]
+        self.kinds = [models.site_kinds[catalog.sites[c].kind] for _, c, _ in sites]
+        self.rngs = [np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(stable_hash(s),)))
+                     for s, _, _ in sites]
+        self.wander = np.array([rng.standard_normal() for rng in self.rngs])
+        self._a = math.exp(-dt_s / 1800.0)  # the site's output wanders on a half-hour scale
+        self._offsets: list[timedelta | None] = [None] * len(sites)
+        self._offset_day: list[int] = [-1] * len(sites)
+
+    def drivers(self, when: datetime) -> SiteDrivers:
+        n = len(self.zones)
+        load = np.empty(n)
+        daily = np.empty(n)
+        hours = self.models.shift_start_hours
+        for i, (zone, kind) in enumerate(zip(self.zones, self.kinds, strict=True)):
+            local = when.astimezone(zone)
+            h = local.hour + local.minute / 60.0 + local.second / 3600.0
+            shift = 2 if h >= hours[2] else (1 if h >= hours[1] else 0)
+            since = (h - hours[shift]) * 3600.0
+            # Production stops and restarts around the handover: a dip at the start of every shift.
+            dip = kind.handover_dip * max(0.0, 1.0 - since / kind.handover_s)
+            innovation = self.rngs[i].standard_normal()
+            self.wander[i] = self._a * self.wander[i] + math.sqrt(1 - self._a ** 2) * innovation
+            load[i] = min(1.0, max(0.0, kind.shift_load[shift] * (1.0 - dip) + kind.load_wander * self.wander[i]))
+            # Peak at 15:00 local, trough at 03:00.
+            daily[i] = 0.5 + 0.5 * math.cos((h - 15.0) / 24.0 * 2.0 * math.pi)
+        return SiteDrivers(load, daily, np.ones(n))
+
+
+def _cycle_wave(model: CycleModel, phase: np.ndarray) -> np.ndarray:
+    if model.shape == "square":
+        return (phase < model.duty).astype(float)
+    if model.shape == "sawtooth":
+        return np.where(phase < model.duty, phase / model.duty, 0.0)
+    # trapezoid: ramp up, run, ramp down, rest
+    up = model.ramp * model.duty
+    run_end = model.duty - up
+    return np.where(phase < up, phase / up,
+                    np.where(phase < run_end, 1.0, np.where(phase < model.duty, (model.duty - phase) / up, 0.0)))
+
+
+def step_group(group: TypeGroup, tick: int, site: SiteDrivers) -> np.ndarray:
+    """Advance the group by one tick; return the measured values [dev, sensor] (not yet faulted)."""
+    eps, innov = group.noise(tick)
+    idx = group.site_idx
+    tm = group.type_model
+    cycle = None
+    if tm.cycle is not None:
+        group.cycle_phase = (group.cycle_phase + group.dt_s / tm.cycle.period_s) % 1.0
+        cycle = _cycle_wave(tm.cycle, group.cycle_phase)
+    if tm.running is not None:
+        j = group.index[tm.running.sensor]
+        pos = (group.pv[:, j] - group.normal_lo[j]) / group.span[j]
+        group.running = np.where(pos > tm.running.on_above, 1.0,
+                                 np.where(pos < tm.running.off_below, 0.0, group.running))
+    mult, add = group.faults.mult, group.faults.add
+    group.wander = group.wander * group._wander_a + group._wander_b * innov
+    for j in group.step_order:
+        m = group.models[j]
+        lo, span = group.normal_lo[j], group.span[j]
+        if m.driver == "const":
+            d: np.ndarray | float = 0.0
+        elif m.driver == "load":
+            d = site.load[idx]
+        elif m.driver == "daily":
+            d = site.daily[idx]
+        elif m.driver == "ventilation":
+            d = site.ventilation[idx]
+        elif m.driver == "cycle":
+            assert cycle is not None
+            d = cycle
+        elif m.driver == "running":
+            d = group.running
+        else:
+            k = group.index[m.driver.removeprefix("sensor:")]
+            d = (group.pv[:, k] - group.normal_lo[k]) / group.span[k]
+        if m.rate_of is not None:
+            rate = group.pv[:, group.index[m.rate_of]] * m.rate_scale
+            group.lagged[:, j] += np.maximum(rate * mult[:, j] + add[:, j], 0.0) * group.dt_s
+            group.pv[:, j] = group.lagged[:, j]
+            continue
+        if m.rate_per_h is not None:
+            r0, r1 = m.rate_per_h
+            rate = (r0 + (r1 - r0) * d) * span / 3600.0
+            group.lagged[:, j] += (rate * mult[:, j] + add[:, j]) * group.dt_s
+            np.clip(group.lagged[:, j], group.physical_lo[j], group.physical_hi[j], out=group.lagged[:, j])
+            group.pv[:, j] = group.lagged[:, j]
+            continue
+        pos0 = m.at[0] + group.offsets[:, j]
+        if m.relation == "inverse":
+            target = (lo + span * pos0) / np.maximum(d, MIN_VENTILATION)
+        else:
+            target = lo + span * (pos0 + (m.at[1] - m.at[0]) * d)
+        target = target * mult[:, j] + add[:, j]
+        if tick == 0:
+            group.lagged[:, j] = target  # start settled, not ramping up from zero
+        else:
+            group.lagged[:, j] += (target - group.lagged[:, j]) * group._alpha[j]
+        group.pv[:, j] = group.lagged[:, j] + group.wander[:, j] * group._wander_sd[j] + group.faults.pv_add[:, j]
+    measured = group.pv + eps * group._noise_sd
+    return np.clip(measured, group.physical_lo, group.physical_hi)
