@@ -47,7 +47,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from simulators.engine import Simulation
     from simulators.runner import run
-    from simulators.scenario import ScenarioError, load_scenario, parse_duration, parse_time
+    from simulators.scenario import load_scenario, parse_duration, parse_time
     from simulators.sinks import FileSink, MqttSink, Sink
     from smartmine.catalog import load_catalog
     from smartmine.cli import settings_from
@@ -62,17 +62,14 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         duration = parse_duration(args.duration, "--duration") if args.duration else None
         start = parse_time(args.start, "--start") if args.start else datetime.now(UTC).replace(microsecond=0)
-        scenario = load_scenario(args.scenario) if args.scenario else None
-    except (ValueError, ScenarioError) as exc:
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
+    scenario = load_scenario(args.scenario) if args.scenario else None
     if duration is None and speed is None:
         raise UsageError("--speed max needs --duration (otherwise it would never end)")
     catalog = load_catalog(settings.catalog_dir)
-    try:
-        sim = Simulation(catalog, sites=args.site, seed=args.seed, scenario=scenario, start=start,
-                         duration_s=duration, scale=args.scale, prefix=settings.topic_prefix)
-    except ScenarioError as exc:
-        raise UsageError(str(exc)) from None
+    sim = Simulation(catalog, sites=args.site, seed=args.seed, scenario=scenario, start=start,
+                     duration_s=duration, scale=args.scale, prefix=settings.topic_prefix)
     if args.truth:
         _write_truth(args.truth, sim.truth())
     sink: Sink = FileSink(args.out) if args.out else MqttSink(

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from smartmine.catalog import Catalog
 from smartmine.catalog.model import EquipmentType
+from smartmine.errors import UsageError
 
 MODELS_FILE = Path(__file__).with_name("models.yaml")
 # Noise is drawn per device in blocks of this many ticks: one generator call per device per block
@@ -38,7 +39,7 @@ SITE_DRIVERS = ("const", "load", "daily", "ventilation")
 EQUIPMENT_DRIVERS = ("cycle", "running")
 
 
-class ModelError(ValueError):
+class ModelError(UsageError):
     """``models.yaml`` does not fit the catalog or itself; the message names the type and sensor."""
 
 
@@ -121,6 +122,18 @@ class Models:
     types: dict[str, TypeModel]
     sensors: dict[str, dict[str, SensorModel]]
 
+    def follows_duty_cycle(self, tid: str, sid: str) -> bool:
+        """Whether the sensor moves with the equipment starting and stopping (directly or via another sensor).
+
+        Such a sensor leaves its catalog normal range, which describes the running machine, whenever the
+        machine stands (a parked lance, a stopped pump, a mill between two slabs).
+        """
+        m = self.sensors[tid][sid]
+        if m.driver in EQUIPMENT_DRIVERS:
+            return True
+        src = m.rate_of or (m.driver.removeprefix("sensor:") if m.driver.startswith("sensor:") else None)
+        return src is not None and self.follows_duty_cycle(tid, src)
+
 
 @cache
 def load_models(file: Path = MODELS_FILE) -> ModelsFile:
@@ -155,6 +168,8 @@ def resolve_models(catalog: Catalog, file: Path = MODELS_FILE) -> Models:
             except ValidationError as exc:
                 err = exc.errors(include_url=False)[0]
                 raise ModelError(f"{where}.sensors.{sid}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            if spec.sensors[sid].kind == "counter" and (models[sid].noise or models[sid].wander):
+                raise ModelError(f"{where}.sensors.{sid}: a counter's register is exact; set noise and wander to 0")
         sensors[tid] = _dependency_order(where, models, tmodel, spec)
     vent = data.site_drivers.get("ventilation")
     if vent is not None and (vent.type not in catalog.types or vent.sensor not in catalog.types[vent.type].sensors):
@@ -283,6 +298,7 @@ class TypeGroup:
         self._wander_sd = np.array([m.wander for m in self.models]) * self.span
         self.scale = 10.0 ** self.decimals
         self.site_idx = np.array([d.site_index for d in self.devices], dtype=int)
+        self.levels = _levels(self)
         assert self.pv.shape == (len(self.devices), n_sens)
 
     def noise(self, tick: int) -> tuple[np.ndarray, np.ndarray]:
@@ -424,63 +440,114 @@ def _cycle_wave(model: CycleModel, phase: np.ndarray) -> np.ndarray:
                     np.where(phase < run_end, 1.0, np.where(phase < model.duty, (model.duty - phase) / up, 0.0)))
 
 
+# Driver columns of the per-device driver matrix built each tick (see step_group).
+_DRIVER_COLUMN = {"const": 0, "load": 1, "daily": 2, "ventilation": 3, "cycle": 4, "running": 5}
+
+
+@dataclass
+class _Level:
+    """Sensors whose drivers are all known once the previous levels are stepped: stepped as one block."""
+
+    cols: np.ndarray            # non-integrating columns of this level
+    driver_col: np.ndarray      # per col: column of the driver matrix, or -1 for a sensor driver
+    sensor_pos: np.ndarray      # positions in cols with a sensor driver
+    sensor_src: np.ndarray      # their source columns
+    inverse: np.ndarray         # per col: bool
+    at0: np.ndarray
+    slope: np.ndarray
+    integrating: list[int]      # columns integrated one by one (counters, levels)
+
+
+def _levels(group: TypeGroup) -> list[_Level]:
+    depth: dict[int, int] = {}
+    for j in group.step_order:
+        m = group.models[j]
+        src = m.rate_of or (m.driver.removeprefix("sensor:") if m.driver.startswith("sensor:") else None)
+        depth[j] = 0 if src is None else depth[group.index[src]] + 1
+    levels = []
+    for d in range(max(depth.values()) + 1):
+        members = [j for j in group.step_order if depth[j] == d]
+        cols = [j for j in members if not group.models[j].integrating]
+        models = [group.models[j] for j in cols]
+        drv = np.array([_DRIVER_COLUMN.get(m.driver, -1) for m in models], dtype=int)
+        sensor_pos = np.flatnonzero(drv < 0)
+        levels.append(_Level(
+            cols=np.array(cols, dtype=int), driver_col=drv, sensor_pos=sensor_pos,
+            sensor_src=np.array([group.index[models[k].driver.removeprefix("sensor:")] for k in sensor_pos], dtype=int),
+            inverse=np.array([m.relation == "inverse" for m in models], dtype=bool),
+            at0=np.array([m.at[0] for m in models]), slope=np.array([m.at[1] - m.at[0] for m in models]),
+            integrating=[j for j in members if group.models[j].integrating]))
+    return levels
+
+
 def step_group(group: TypeGroup, tick: int, site: SiteDrivers) -> np.ndarray:
-    """Advance the group by one tick; return the measured values [dev, sensor] (not yet faulted)."""
+    """Advance the group by one tick; return the measured values [dev, sensor] (not yet faulted).
+
+    Sensors are stepped level by level (a driver before what it drives), each level as one block of
+    array operations, so the cost per tick hardly depends on the number of sensors or devices.
+    """
     eps, innov = group.noise(tick)
     idx = group.site_idx
+    n = len(group.devices)
     tm = group.type_model
-    cycle = None
+    drivers = np.zeros((n, len(_DRIVER_COLUMN)))
+    drivers[:, 1] = site.load[idx]
+    drivers[:, 2] = site.daily[idx]
+    drivers[:, 3] = site.ventilation[idx]
     if tm.cycle is not None:
         group.cycle_phase = (group.cycle_phase + group.dt_s / tm.cycle.period_s) % 1.0
-        cycle = _cycle_wave(tm.cycle, group.cycle_phase)
+        drivers[:, 4] = _cycle_wave(tm.cycle, group.cycle_phase)
     if tm.running is not None:
         j = group.index[tm.running.sensor]
         pos = (group.pv[:, j] - group.normal_lo[j]) / group.span[j]
         group.running = np.where(pos > tm.running.on_above, 1.0,
                                  np.where(pos < tm.running.off_below, 0.0, group.running))
-    mult, add = group.faults.mult, group.faults.add
+        drivers[:, 5] = group.running
+    f = group.faults
     group.wander = group.wander * group._wander_a + group._wander_b * innov
-    for j in group.step_order:
-        m = group.models[j]
-        lo, span = group.normal_lo[j], group.span[j]
-        if m.driver == "const":
-            d: np.ndarray | float = 0.0
-        elif m.driver == "load":
-            d = site.load[idx]
-        elif m.driver == "daily":
-            d = site.daily[idx]
-        elif m.driver == "ventilation":
-            d = site.ventilation[idx]
-        elif m.driver == "cycle":
-            assert cycle is not None
-            d = cycle
-        elif m.driver == "running":
-            d = group.running
-        else:
-            k = group.index[m.driver.removeprefix("sensor:")]
-            d = (group.pv[:, k] - group.normal_lo[k]) / group.span[k]
-        if m.rate_of is not None:
-            rate = group.pv[:, group.index[m.rate_of]] * m.rate_scale
-            group.lagged[:, j] += np.maximum(rate * mult[:, j] + add[:, j], 0.0) * group.dt_s
-            group.pv[:, j] = group.lagged[:, j]
+    pv, lagged, lo, span = group.pv, group.lagged, group.normal_lo, group.span
+    for level in group.levels:
+        for j in level.integrating:
+            _integrate(group, j, drivers)
+        cols = level.cols
+        if cols.size == 0:
             continue
-        if m.rate_per_h is not None:
-            r0, r1 = m.rate_per_h
-            rate = (r0 + (r1 - r0) * d) * span / 3600.0
-            group.lagged[:, j] += (rate * mult[:, j] + add[:, j]) * group.dt_s
-            np.clip(group.lagged[:, j], group.physical_lo[j], group.physical_hi[j], out=group.lagged[:, j])
-            group.pv[:, j] = group.lagged[:, j]
-            continue
-        pos0 = m.at[0] + group.offsets[:, j]
-        if m.relation == "inverse":
-            target = (lo + span * pos0) / np.maximum(d, MIN_VENTILATION)
-        else:
-            target = lo + span * (pos0 + (m.at[1] - m.at[0]) * d)
-        target = target * mult[:, j] + add[:, j]
+        d = drivers[:, np.maximum(level.driver_col, 0)]
+        if level.sensor_pos.size:
+            src = level.sensor_src
+            d[:, level.sensor_pos] = (pv[:, src] - lo[src]) / span[src]
+        pos0 = level.at0 + group.offsets[:, cols]
+        lo_c, span_c = lo[cols], span[cols]
+        linear = lo_c + span_c * (pos0 + level.slope * d)
+        if level.inverse.any():
+            # A gas diluted by the air: its level scales with 1 / air volume.
+            inverse = (lo_c + span_c * pos0) / np.maximum(d, MIN_VENTILATION)
+            linear = np.where(level.inverse, inverse, linear)
+        target = linear * f.mult[:, cols] + f.add[:, cols]
         if tick == 0:
-            group.lagged[:, j] = target  # start settled, not ramping up from zero
+            state = target  # start settled, not ramping up from zero
         else:
-            group.lagged[:, j] += (target - group.lagged[:, j]) * group._alpha[j]
-        group.pv[:, j] = group.lagged[:, j] + group.wander[:, j] * group._wander_sd[j] + group.faults.pv_add[:, j]
-    measured = group.pv + eps * group._noise_sd
+            state = lagged[:, cols]
+            state += (target - state) * group._alpha[cols]
+        lagged[:, cols] = state
+        pv[:, cols] = state + group.wander[:, cols] * group._wander_sd[cols] + f.pv_add[:, cols]
+    measured = pv + eps * group._noise_sd
     return np.clip(measured, group.physical_lo, group.physical_hi)
+
+
+def _integrate(group: TypeGroup, j: int, drivers: np.ndarray) -> None:
+    """A counter (integral of another sensor) or a level (filled and emptied at driven rates)."""
+    m = group.models[j]
+    f = group.faults
+    if m.rate_of is not None:
+        rate = group.pv[:, group.index[m.rate_of]] * m.rate_scale
+        # A meter only counts up: a decrease in its readings is a data fault, never the process.
+        group.lagged[:, j] += np.maximum(rate * f.mult[:, j] + f.add[:, j], 0.0) * group.dt_s
+    else:
+        assert m.rate_per_h is not None
+        d = drivers[:, _DRIVER_COLUMN.get(m.driver, 0)]
+        r0, r1 = m.rate_per_h
+        rate = (r0 + (r1 - r0) * d) * group.span[j] / 3600.0
+        group.lagged[:, j] += (rate * f.mult[:, j] + f.add[:, j]) * group.dt_s
+        np.clip(group.lagged[:, j], group.physical_lo[j], group.physical_hi[j], out=group.lagged[:, j])
+    group.pv[:, j] = group.lagged[:, j]

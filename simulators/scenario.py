@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smartmine.catalog import Catalog
+from smartmine.errors import UsageError
 from smartmine.wire import Severity
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
@@ -29,7 +30,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
-class ScenarioError(ValueError):
+class ScenarioError(UsageError):
     """A scenario cannot be found or does not validate; the message names the file and the field."""
 
 
