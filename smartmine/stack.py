@@ -314,7 +314,7 @@ def _up(args: argparse.Namespace) -> int:
     settings: Settings = settings_from(args)
     data_dir = _resolve_data_dir(args, settings)
     headless = bool(args.headless or not sys.stdout.isatty())
-    log = _Log(headless)
+    log = _Log()
     check_free_disk(data_dir, settings.stack.min_free_disk_mb)
     stack = Stack(settings, data_dir, args, log.say)
     if not stack.lock.try_acquire():
@@ -326,7 +326,8 @@ def _up(args: argparse.Namespace) -> int:
         stop_pids(leftovers, settings.stack.stop_timeout_s, log.say)
 
     stop = StopRequest()
-    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: closing the terminal must stop the stack in order, not orphan it.
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     monitor = None
     try:
         log.say(f"smartmine up: data in {data_dir}")
@@ -340,6 +341,8 @@ def _up(args: argparse.Namespace) -> int:
         monitor.start()
         log.say(_ready_message(stack))
         if headless:
+            log.say(f"next: `smartmine alerts list`, `smartmine report --since 1h --out report`, "
+                    f"`smartmine down --data-dir {data_dir}` to stop")
             _run_headless(stack, monitor, stop, log)
         else:
             _run_live(stack, monitor, stop)
@@ -362,10 +365,9 @@ def _up(args: argparse.Namespace) -> int:
 
 
 class _Log:
-    """Timestamped lines on stderr when headless; plain lines before and after the live screen otherwise."""
+    """Timestamped lines on stdout: all of a headless run, and what comes before and after the live screen."""
 
-    def __init__(self, headless: bool) -> None:
-        self.headless = headless
+    def __init__(self) -> None:
         self._lock = threading.Lock()
 
     def say(self, line: str) -> None:
