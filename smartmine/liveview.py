@@ -71,9 +71,11 @@ def render(rows: Sequence[Row], snap: Snapshot, header: str, footer: str) -> Ren
                     ("", {"ratio": 1})):
         pipeline.add_column(col, **kw)
     for row in rows:
-        fig = snap.stages.get(row.name, StageFigures())
         state = row.state
+        fig = snap.stages.get(row.name, StageFigures()) if state != "missing" else StageFigures()
         detail = row.child.note if row.child is not None and row.child.note else (fig.detail or row.role)
+        if state == "missing":
+            detail = f"{row.role}: command not in this installation"
         pid = f" pid {row.child.pid}" if row.child is not None and row.child.pid else ""
         pipeline.add_row(row.name, Text(state + pid, style=STATE_STYLE.get(state, "")), fmt_rate(fig),
                          fmt_lag(fig.lag_s), detail)
