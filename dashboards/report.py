@@ -27,6 +27,7 @@ from smartmine.catalog import Catalog, Limit, ResolvedEquipment, load_catalog
 from smartmine.config import Settings, load_settings
 from smartmine.errors import UsageError
 from smartmine.influx import InfluxClient, InfluxError, quote_ident, quote_string
+from smartmine.wire import SEVERITY_RANK
 
 __all__ = ["PLOT_GROUPS", "PlotGroup", "parse_when", "run_report"]
 
@@ -168,19 +169,30 @@ class Reader:
             f"AND site = {quote_string(site)} GROUP BY time({bucket_s}s), equipment fill(none)")
 
     def anomalies(self) -> pd.DataFrame:
-        """Anomaly spans of the period: columns start, end (UTC), site, equipment, sensor, severity, ..."""
+        """The ``anomalies`` rows of the period, one per event, with the span each shades on a plot.
+
+        Analytics writes a row when a span starts and again when it changes (escalates, clears), all with the
+        span's ``start``; ``end`` stays empty while it goes on. Each row shades from when it happened (the
+        first from the span's start) to the next row of its span, or to its end, or to the end of the period,
+        so an escalation shows as a darker band from the moment it escalated.
+        """
         if ANOMALIES not in self.measurements:
             return pd.DataFrame()
         frame = self.client.query_df(f"SELECT * FROM {ANOMALIES} WHERE {self.period.where()}")
         if not len(frame):
             return frame
-        frame["start"] = _as_time(frame["start"]) if "start" in frame else frame["time"]
-        frame["end"] = _as_time(frame["end"]) if "end" in frame else frame["time"]
-        frame["end"] = frame["end"].fillna(pd.Timestamp(self.period.end))
-        for col in ("sensor", "severity", "detector", "message", "rule"):
+        for col in ("sensor", "severity", "detector", "message", "rule", "state"):
             if col not in frame:
                 frame[col] = None
-        return frame.sort_values("start").reset_index(drop=True)
+        frame = frame.sort_values("time").reset_index(drop=True)
+        frame["start"] = _as_time(frame["start"]) if "start" in frame else frame["time"]
+        frame["end"] = _as_time(frame["end"]) if "end" in frame else pd.NaT
+        frame["span"] = frame[["site", "equipment", "rule", "detector", "start"]].astype(str).agg("|".join, axis=1)
+        spans = frame.groupby("span", sort=False)
+        frame["shade_from"] = frame["start"].where(spans.cumcount() == 0, frame["time"])
+        frame["shade_to"] = spans["time"].shift(-1).fillna(frame["end"]).fillna(pd.Timestamp(self.period.end))
+        return frame
+
 
     def alerts(self) -> pd.DataFrame:
         """Alert transitions of the period (fired, acknowledged, resolved, ...), oldest first."""
@@ -188,6 +200,20 @@ class Reader:
             return pd.DataFrame()
         frame = self.client.query_df(f"SELECT * FROM {ALERT_HISTORY} WHERE {self.period.where()}")
         return frame.sort_values("time").reset_index(drop=True) if len(frame) else frame
+
+
+def anomaly_spans(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per anomalous span: its start, its end (NaT while ongoing), its highest severity and message."""
+    if not len(rows):
+        return rows
+    out = []
+    for _, group in rows.groupby("span", sort=False):
+        rank = group["severity"].map(lambda s: SEVERITY_RANK.get(str(s), -1))
+        worst = group.loc[rank[rank == rank.max()].index[-1]]
+        last = group.iloc[-1]
+        out.append({**worst.to_dict(), "start": group["start"].iloc[0], "end": last["end"],
+                    "state": last["state"], "events": len(group)})
+    return pd.DataFrame(out).sort_values("start").reset_index(drop=True)
 
 
 def _as_time(col: pd.Series) -> pd.Series:
@@ -299,12 +325,19 @@ def plot_group(group: PlotGroup, site: str, reader: Reader, anomalies: pd.DataFr
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, loc="best", framealpha=0.7)
-    for r in range(nrows):
-        for c in range(ncols):
+    locator = mdates.AutoDateLocator(tz=UTC)
+    for c in range(ncols):
+        visible = [r for r in range(nrows) if (r, c) in used]
+        for r in range(nrows):
+            ax = axes[r][c]
             if (r, c) not in used:
-                axes[r][c].set_visible(False)
-    for ax in axes[-1]:
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
+                ax.set_visible(False)
+                continue
+            ax.set_xlim(reader.period.start, reader.period.end)  # open anomaly spans must not stretch the axis
+            if r == visible[-1]:  # the lowest panel of each column carries the time axis
+                ax.tick_params(labelbottom=True)
+                ax.xaxis.set_major_locator(locator)
+                ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
     site_name = reader.catalog.sites[site].name.get(language)
     fig.suptitle(f"{site_name} — {group.title} (UTC; shaded: anomalies by severity)", fontsize=11)
     fig.tight_layout()
@@ -315,17 +348,20 @@ def plot_group(group: PlotGroup, site: str, reader: Reader, anomalies: pd.DataFr
 
 
 def _shade(ax: Any, anomalies: pd.DataFrame, site: str, equipment: str, sensor: str) -> None:
+    """Shade this equipment's anomalies (those of this sensor, or of the whole equipment) by severity."""
     if not len(anomalies):
         return
-    spans = anomalies[(anomalies["site"] == site) & (anomalies["equipment"] == equipment)
-                      & (anomalies["sensor"].isna() | (anomalies["sensor"] == sensor))]
+    rows = anomalies[(anomalies["site"] == site) & (anomalies["equipment"] == equipment)
+                     & (anomalies["sensor"].isna() | (anomalies["sensor"] == sensor))]
     seen: set[str] = set()
-    for _, a in spans.iterrows():
+    for _, a in rows.iterrows():
+        if a["state"] == "cleared":
+            continue
         severity = str(a["severity"]) if a["severity"] in SEVERITY_COLOUR else "warning"
         label = f"anomaly ({severity})" if severity not in seen else None
         seen.add(severity)
-        end = a["end"] if a["end"] > a["start"] else a["start"] + pd.Timedelta(seconds=1)
-        ax.axvspan(a["start"], end, color=SEVERITY_COLOUR[severity], alpha=0.45, linewidth=0, label=label)
+        end = a["shade_to"] if a["shade_to"] > a["shade_from"] else a["shade_from"] + pd.Timedelta(seconds=1)
+        ax.axvspan(a["shade_from"], end, color=SEVERITY_COLOUR[severity], alpha=0.45, linewidth=0, label=label)
 
 
 # ---------------------------------------------------------------------------------------------------- HTML
@@ -396,12 +432,14 @@ def write_html(path: Path, period: Period, plots: Sequence[Path], alerts: pd.Dat
     parts.append("<h2>Anomalies</h2>")
     if len(anomalies):
         parts.append("<table><tr><th>start (UTC)</th><th>end</th><th>severity</th><th>where</th><th>detector</th>"
-                     "<th>explanation</th></tr>")
+                     "<th>rule</th><th>explanation</th></tr>")
         for _, a in anomalies.tail(300).iloc[::-1].iterrows():
             where = f"{_e(a.get('site'))}/{_e(a.get('equipment'))}" + (f"/{_e(a['sensor'])}" if a.get("sensor")
                                                                      else "")
-            parts.append(f"<tr><td>{_t(a['start'])}</td><td>{_t(a['end'])}</td><td>{_sev(a.get('severity'))}</td>"
-                         f"<td>{where}</td><td>{_e(a.get('detector'))}</td><td>{_e(a.get('message'))}</td></tr>")
+            end = _t(a["end"]) or "ongoing"
+            parts.append(f"<tr><td>{_t(a['start'])}</td><td>{end}</td><td>{_sev(a.get('severity'))}</td>"
+                         f"<td>{where}</td><td>{_e(a.get('detector'))}</td><td>{_e(a.get('rule'))}</td>"
+                         f"<td>{_e(a.get('message'))}</td></tr>")
         parts.append("</table>")
         if len(anomalies) > 300:
             parts.append(f"<p>(latest 300 of {len(anomalies)})</p>")
@@ -473,13 +511,14 @@ def run_report(args: argparse.Namespace) -> int:
             reader.period = period
         complete = [c for data in site_data for c in completeness(catalog, data)]
         summary = out / "index.html"
-        write_html(summary, period, plots, alerts, anomalies, complete, site_data)
+        spans = anomaly_spans(anomalies)
+        write_html(summary, period, plots, alerts, spans, complete, site_data)
     finally:
         client.close()
     stored = sum(c.stored for c in complete)
     expected = sum(c.expected for c in complete)
     n_fired = int((alerts["transition"] == "fired").sum()) if len(alerts) and "transition" in alerts else len(alerts)
     print(f"report {period.start:%Y-%m-%d %H:%M} → {period.end:%H:%M} UTC: {len(plots)} plots, {n_fired} alerts "
-          f"fired, {len(anomalies)} anomalies, completeness {100 * stored / expected if expected else 0:.1f} % "
+          f"fired, {len(spans)} anomalies, completeness {100 * stored / expected if expected else 0:.1f} % "
           f"-> open {summary}")
     return 0

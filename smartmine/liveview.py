@@ -54,7 +54,7 @@ def fmt_lag(lag_s: float | None) -> str:
     if lag_s < -0.5:
         # Faster-than-real-time simulation stamps samples in the future.
         return f"{-lag_s:,.1f} s ahead"
-    return f"{lag_s * 1000:,.0f} ms" if abs(lag_s) < 1 else f"{lag_s:,.1f} s"
+    return f"{lag_s * 1000:,.0f} ms" if abs(lag_s) < 0.9995 else f"{lag_s:,.1f} s"
 
 
 def fmt_age(ts: datetime | None, now: datetime) -> str:
