@@ -187,7 +187,8 @@ class Reader:
         frame = frame.sort_values("time").reset_index(drop=True)
         frame["start"] = _as_time(frame["start"]) if "start" in frame else frame["time"]
         frame["end"] = _as_time(frame["end"]) if "end" in frame else pd.NaT
-        frame["span"] = frame[["site", "equipment", "rule", "detector", "start"]].astype(str).agg("|".join, axis=1)
+        frame["span"] = ["|".join(map(str, key)) for key in zip(frame["site"], frame["equipment"], frame["rule"],
+                                                                 frame["detector"], frame["start"], strict=True)]
         spans = frame.groupby("span", sort=False)
         frame["shade_from"] = frame["start"].where(spans.cumcount() == 0, frame["time"])
         frame["shade_to"] = spans["time"].shift(-1).fillna(frame["end"]).fillna(pd.Timestamp(self.period.end))
