@@ -257,9 +257,9 @@ class Stack:
             self.stages.append((spec, child))
 
     def push_dashboards(self) -> None:
-        """With Grafana configured, upsert the dashboards once and keep the links the command printed."""
-        url = getattr(self.settings, "grafana_url", None) or os.environ.get("GRAFANA_URL")
-        token = getattr(self.settings, "grafana_token", None) or os.environ.get("GRAFANA_TOKEN")
+        """With Grafana configured, upsert the dashboards once and list their links (from Grafana's own search)."""
+        url = getattr(self.settings, "grafana_url", None)
+        token = getattr(self.settings, "grafana_token", None)
         if not url or not token:
             return
         if not command_available(("dashboards", "push")):
@@ -273,9 +273,11 @@ class Stack:
             self.say("dashboards push did not finish in 120 s; the pipeline runs on without it")
             return
         if proc.returncode != 0:
-            self.say(f"dashboards push failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+            self.say(f"dashboards push failed (the pipeline runs on): {(proc.stderr or proc.stdout).strip()[-500:]}")
             return
-        self.grafana_links = [ln.strip() for ln in proc.stdout.splitlines() if "http" in ln]
+        self.say(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "dashboards pushed")
+        folder = getattr(getattr(self.settings, "dashboards", None), "folder_uid", "smartmine")
+        self.grafana_links = grafana_links(str(url), token.get_secret_value(), folder)
         for link in self.grafana_links:
             self.say(f"grafana: {link}")
 
@@ -296,6 +298,24 @@ class Stack:
             result = child.stop(timeout, hurry=lambda: stop.hurry)
             self.say(f"{child.name} {result}")
             self.save_state()
+
+
+def grafana_links(url: str, token: str, folder_uid: str) -> list[str]:
+    """``title: link`` of every dashboard in the folder, as Grafana's search API lists them."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"type": "dash-db", "folderUIDs": folder_uid})
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/search?{query}",
+                                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            boards = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return [f"{url.rstrip('/')}/dashboards/f/{folder_uid}"]
+    return [f"{b.get('title', '?')}: {url.rstrip('/')}{b.get('url', '')}" for b in boards if isinstance(b, dict)]
 
 
 def _resolve_data_dir(args: argparse.Namespace, settings: Settings) -> Path:
