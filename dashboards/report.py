@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import html
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from smartmine.catalog import Catalog, Limit, ResolvedEquipment, load_catalog
+from smartmine.cli import parse_duration
 from smartmine.config import Settings, load_settings
 from smartmine.errors import UsageError
 from smartmine.influx import InfluxClient, InfluxError, quote_ident, quote_string
@@ -66,18 +66,15 @@ PLOT_GROUPS: tuple[PlotGroup, ...] = (
               types=("drainage_pump",)),
 )
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)$")
-_UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_when(text: str, now: datetime) -> datetime:
     """``now``, a duration back from now (``90s``, ``30m``, ``1h``, ``2d``) or an ISO 8601 time (UTC if naive)."""
     text = text.strip()
     if text == "now":
         return now
-    m = _DURATION.match(text)
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+    try:
+        return now - timedelta(seconds=parse_duration(text))
+    except argparse.ArgumentTypeError:
+        pass
     try:
         ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

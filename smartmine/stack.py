@@ -258,8 +258,7 @@ class Stack:
 
     def push_dashboards(self) -> None:
         """With Grafana configured, upsert the dashboards once and list their links (from Grafana's own search)."""
-        url = getattr(self.settings, "grafana_url", None)
-        token = getattr(self.settings, "grafana_token", None)
+        url, token = self.settings.grafana_url, self.settings.grafana_token
         if not url or not token:
             return
         if not command_available(("dashboards", "push")):
@@ -276,8 +275,7 @@ class Stack:
             self.say(f"dashboards push failed (the pipeline runs on): {(proc.stderr or proc.stdout).strip()[-500:]}")
             return
         self.say(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "dashboards pushed")
-        folder = getattr(getattr(self.settings, "dashboards", None), "folder_uid", "smartmine")
-        self.grafana_links = grafana_links(str(url), token.get_secret_value(), folder)
+        self.grafana_links = grafana_links(url, token.get_secret_value(), self.settings.dashboards.folder_uid)
         for link in self.grafana_links:
             self.say(f"grafana: {link}")
 
