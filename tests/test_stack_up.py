@@ -157,7 +157,7 @@ def test_up_runs_the_demo_end_to_end_and_down_leaves_nothing(up_run: UpRun, tmp_
     # report draws this run from the same InfluxDB.
     out = tmp_path / "report"
     env = _env(SMARTMINE_INFLUX_URL=f"http://127.0.0.1:{up_run.influx_port}")
-    report = smartmine("report", "--since", "10m", "--out", str(out), env=env, timeout=120)
+    report = smartmine("report", "--since", "10m", "--site", "yanshan_mine", "--out", str(out), env=env, timeout=120)
     assert report.returncode == 0, report.stderr
     assert (out / "yanshan_mine_methane.png").stat().st_size > 20_000
     page = (out / "index.html").read_text()
