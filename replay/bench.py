@@ -48,8 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--timing-seconds", type=float, default=20.0, help="length of the 1× timing replay")
     parser.add_argument("--timing-rate", type=float, default=200.0, help="mean messages/s of the 1× replay")
-    parser.add_argument("--load-messages", type=int, default=60_000, help="messages per publisher under load")
-    parser.add_argument("--publishers", type=int, default=2, help="publisher processes under load")
+    parser.add_argument("--load", choices=("auto", "simulator", "synthetic"), default="auto",
+                        help="load while recording: the simulators at max speed (auto: when installed) or "
+                             "synthetic publishers")
+    parser.add_argument("--sim-duration", default="30m", help="simulated time the simulators publish under load")
+    parser.add_argument("--sim-scale", type=int, default=2, help="replicas of each site (simulate --scale)")
+    parser.add_argument("--load-messages", type=int, default=60_000, help="messages per synthetic publisher")
+    parser.add_argument("--publishers", type=int, default=2, help="synthetic publisher processes")
     parser.add_argument("--skip", action="append", default=[], choices=("influx", "timing", "record"))
 
 
@@ -188,23 +193,40 @@ def bench_timing(work: Path, broker: Mosquitto, influxd: Influxd, args: argparse
 
 # ------------------------------------------------------------------------------------------------ 3. record
 def bench_record(work: Path, broker: Mosquitto, influxd: Influxd, args: argparse.Namespace) -> dict[str, Any]:
-    load = work / "load.smrec"
-    per = args.load_messages
-    write_recording(load, ((0, t, p) for (t, p), _ in zip(
-        messages(builtin_catalog(), DEFAULT_START, per // 43 + 1, prefix="load"), range(per), strict=False)))
-    expected = per * args.publishers
-    out = work / "under-load.smrec"
+    """``smartmine record`` in its own process under load; every published message must be in the recording."""
     env = _env(broker, influxd)
-    recorder = subprocess.Popen(
-        [sys.executable, "-m", "smartmine.cli", "record", "--out", str(out), "--count", str(expected),
-         "--topics", "bench/+/+/+/+/telemetry", "-q"], env=env)
+    use_simulator = args.load == "simulator" or (args.load == "auto" and _simulators_installed())
+    if use_simulator:
+        # The simulators at full speed; the same command with --out gives the exact messages to expect
+        # (same seed, start and duration: byte-identical output).
+        env["SMARTMINE_TOPIC_PREFIX"] = "simload"
+        sim = [sys.executable, "-m", "smartmine.cli", "simulate", "--site", "all", "--seed", "1", "--start",
+               "2026-11-27T00:00:00Z", "--duration", args.sim_duration, "--speed", "max", "--scale",
+               str(args.sim_scale), "--progress-every", "3600"]
+        expected_file = work / "expected.jsonl"
+        subprocess.run([*sim, "--out", str(expected_file)], env=env, check=True, stdout=subprocess.DEVNULL)
+        expected = {(t, p) for c in open_source(expected_file).chunks()
+                    for t, p in zip(c.topic, c.payload, strict=True) if t.endswith("/telemetry")}
+        topics = "simload/+/+/+/telemetry"
+        publishers = [[*sim, "--qos", "1"]]
+    else:
+        load = work / "load.smrec"
+        per = args.load_messages
+        write_recording(load, ((0, t, p) for (t, p), _ in zip(
+            messages(builtin_catalog(), DEFAULT_START, per // 43 + 1, prefix="load"), range(per), strict=False)))
+        expected = {(f"bench/p{i}/{t.split('/', 1)[1]}", p) for i in range(args.publishers)
+                    for c in open_source(load).chunks() for t, p in zip(c.topic, c.payload, strict=True)}
+        topics = "bench/+/+/+/+/telemetry"
+        publishers = [[sys.executable, "-m", "smartmine.cli", "replay", str(load), "--to", "mqtt", "--speed", "max",
+                       "--qos", "1", "--prefix", f"bench/p{i}", "-q"] for i in range(args.publishers)]
+    out = work / "under-load.smrec"
+    recorder = subprocess.Popen([sys.executable, "-m", "smartmine.cli", "record", "--out", str(out), "--count",
+                                 str(len(expected)), "--topics", topics, "-q"], env=env)
     time.sleep(3.0)  # the recorder's start-up (imports, connect, subscribe) before the load begins
     started = time.perf_counter()
-    publishers = [subprocess.Popen([sys.executable, "-m", "smartmine.cli", "replay", str(load), "--to", "mqtt",
-                                    "--speed", "max", "--qos", "1", "--prefix", f"bench/p{i}", "-q"], env=env)
-                  for i in range(args.publishers)]
-    for p in publishers:
-        p.wait(600)
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL) for cmd in publishers]
+    for p in procs:
+        p.wait(900)
     publish_s = time.perf_counter() - started
     try:
         recorder.wait(max(60.0, publish_s))
@@ -216,12 +238,23 @@ def bench_record(work: Path, broker: Mosquitto, influxd: Influxd, args: argparse
         for topic, payload in zip(chunk.topic, chunk.payload, strict=True):
             got[(topic, payload)] = got.get((topic, payload), 0) + 1
     return {
-        "record_published": expected,
-        "record_publish_rate_msg_per_s": round(expected / publish_s),
+        "record_load": "simulators (smartmine simulate --speed max)" if use_simulator else "synthetic publishers",
+        "record_published": len(expected),
+        "record_publish_rate_msg_per_s": round(len(expected) / publish_s),
         "record_recorded": sum(got.values()),
-        "record_missing": expected - len(got),
+        "record_missing": len(expected - got.keys()),
+        "record_unexpected": len(got.keys() - expected),
         "record_duplicates": sum(v - 1 for v in got.values()),
     }
+
+
+def _simulators_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("simulators.cli") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

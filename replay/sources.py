@@ -154,8 +154,7 @@ class JsonLinesSource(Source):
                 self._bad(at, line_no, 'expected {"topic": "...", "payload": {...}}')
                 continue
             raw = obj["payload"]
-            payload = raw.encode() if isinstance(raw, str) else json.dumps(
-                raw, separators=(",", ":"), ensure_ascii=False).encode()
+            payload = raw.encode() if isinstance(raw, str) else _payload_bytes(line, raw)
             topic = obj["topic"]
             sample_ns, error, _ = classify(topic, payload)
             # The time axis is the sample time; a status line or a bad sample keeps the one before it.
@@ -169,6 +168,21 @@ class JsonLinesSource(Source):
                 chunk = Chunk.empty()
         if len(chunk):
             yield chunk
+
+
+def _payload_bytes(line: bytes, raw: Any) -> bytes:
+    """The payload's own bytes when the line embeds them verbatim (the simulators write
+    ``{"topic":...,"payload":<bytes as published>}``), so a replay publishes exactly what was simulated;
+    otherwise the payload re-encoded compactly."""
+    at = line.find(b'"payload":')
+    if at >= 0:
+        candidate = line[at + 10:].rstrip().removesuffix(b"}").strip()
+        try:
+            if json.loads(candidate) == raw:
+                return candidate
+        except ValueError:
+            pass
+    return json.dumps(raw, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _payload_ts(raw: Any) -> int | None:

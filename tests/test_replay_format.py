@@ -150,3 +150,13 @@ def test_pacer_keeps_recorded_spacing_divided_by_speed() -> None:
     assert len(slept) == 3
     assert slept[0] == pytest.approx(0.25, abs=0.05) and slept[1] == pytest.approx(0.75, abs=0.05)
     assert slept[2] == pytest.approx(0.75, abs=0.05)
+
+
+def test_json_lines_payload_bytes_are_kept_verbatim(tmp_path: Path) -> None:
+    path = tmp_path / "sim.jsonl"
+    payload = b'{"v":1,"ts":"2026-11-27T08:00:00.000Z","seq":3,"readings":{"ch4_pct":0.50,"co_ppm":1e1}}'
+    topic = b"smartmine/yanshan_mine/face_1203/gas_face_1203/telemetry"
+    path.write_bytes(b'{"topic":"' + topic + b'","payload":' + payload + b"}\n")
+    chunk = next(open_source(path).chunks())
+    assert chunk.payload == [payload]  # "0.50" and "1e1" as the simulator wrote them, not re-encoded
+    assert chunk.error == [None] and chunk.ts_ns[0] is not None
