@@ -420,7 +420,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--site", action="append", help="only this site (repeatable)")
     p.add_argument("--equipment", action="append", help="only this equipment id (repeatable)")
     p.add_argument("--loop", nargs="?", type=int, const=0, metavar="N",
-                   help="replay N times (no N: until Ctrl-C); with --rebase-time each pass follows the last")
+                   help="replay N times (no N: until Ctrl-C); each pass continues the timeline of the last")
     p.add_argument("--prefix", metavar="NEW", help="publish under this topic prefix instead of the recorded one")
     p.add_argument("--qos", type=int, choices=(0, 1, 2), help="publish QoS (default: as recorded)")
     p.add_argument("--skip-bad", action="store_true", help="skip corrupt chunks or lines, count them, go on")

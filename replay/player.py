@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from replay.format import Chunk
-from replay.lines import LineEncoder, Rejected
+from replay.lines import LineEncoder
 from replay.sources import Source, split_topic
 from replay.timeutil import format_ns
 from smartmine.influx import InfluxClient, InfluxError, PartialWriteError
@@ -94,7 +94,6 @@ class Pacer:
 @dataclass(slots=True)
 class ReplayStats:
     messages: int = 0          # sent to the sink
-    readings: int = 0          # telemetry readings written (InfluxDB)
     loops: int = 0
     first_ns: int | None = None
     last_ns: int | None = None
@@ -102,7 +101,6 @@ class ReplayStats:
     elapsed_s: float = 0.0
     bad_messages: int = 0      # lost in corrupt regions skipped with --skip-bad
     bad_regions: list[str] = field(default_factory=list)
-    rejected: Rejected = field(default_factory=Rejected)
     max_lateness_s: float = 0.0
 
 
@@ -110,67 +108,82 @@ def replay(source: Source, sink: Sink, *, speed: float | None = None, rebase_to_
            selection: Selection | None = None, loops: int | None = 1,
            on_progress: Callable[[int], None] | None = None,
            should_stop: Callable[[], bool] = lambda: False) -> ReplayStats:
-    """Replay ``source`` into ``sink``. ``speed`` None: as fast as possible. ``rebase_to_ns``: shift all times
-    so the first selected message lands at that instant. ``loops`` None: until ``should_stop``."""
+    """Replay ``source`` into ``sink`` and close the sink (also when reading fails half-way: what was read
+    before the failure is delivered). ``speed`` None: as fast as possible. ``rebase_to_ns``: shift all times so
+    the first selected message lands at that instant. ``loops`` None: until ``should_stop``; each pass after the
+    first is shifted by the span of one pass, so timestamps keep increasing."""
     sel = selection or Selection()
     stats = ReplayStats()
     pacer = Pacer(speed) if speed is not None else None
     started = time.perf_counter()
     period_ns = 0
     base_shift: int | None = None if rebase_to_ns is not None else 0
-    loop = 0
-    while loops is None or loop < loops:
-        loop_first: int | None = None
-        loop_last: int | None = None
-        n_in_loop = 0
-        shift_loop = loop * period_ns
-        for chunk in source.chunks(sel.start_ns, sel.end_ns):
-            index = sel.index(chunk)
-            if not index:
-                continue
-            times = chunk.time_ns
-            if base_shift is None:
-                assert rebase_to_ns is not None
-                base_shift = rebase_to_ns - times[index[0]]
-            if loop_first is None:
-                loop_first = times[index[0]]
-            latest = max(times[i] for i in index)
-            loop_last = latest if loop_last is None else max(loop_last, latest)
-            shift = base_shift + shift_loop
-            if pacer is None:
-                sink.send(chunk, index, shift)
-            else:
-                for i in index:
-                    late = pacer.wait(times[i] + shift_loop)
-                    stats.max_lateness_s = max(stats.max_lateness_s, late)
-                    sink.send(chunk, (i,), shift)
-                    if on_progress:
-                        on_progress(1)
-                    if should_stop():
-                        break
-            if pacer is None and on_progress:
-                on_progress(len(index))
-            n_in_loop += len(index)
-            if should_stop():
+    try:
+        loop = 0
+        while loops is None or loop < loops:
+            first, last, sent = _one_pass(source, sink, sel, pacer, stats, base_shift, rebase_to_ns,
+                                          loop * period_ns, on_progress, should_stop)
+            stats.messages += sent
+            stats.loops = loop + 1
+            if loop == 0 and first is not None and last is not None:
+                stats.first_ns, stats.last_ns = first, last
+                base_shift = stats.shift_ns if rebase_to_ns is not None else 0
+                # The next pass follows this one after its span plus one average gap.
+                gap = (last - first) // max(sent - 1, 1) or 1_000_000_000
+                period_ns = last - first + gap
+            if sent == 0 or should_stop():
                 break
-        stats.messages += n_in_loop
-        stats.loops = loop + 1
-        if loop == 0 and loop_first is not None and loop_last is not None:
-            stats.first_ns, stats.last_ns = loop_first, loop_last
-            # The next pass follows this one after the span plus one average gap, so looped
-            # timestamps keep increasing (with --rebase-time) instead of overwriting each other.
-            gap = (loop_last - loop_first) // max(n_in_loop - 1, 1) or 1_000_000_000
-            period_ns = loop_last - loop_first + gap
-        if n_in_loop == 0 or should_stop():
-            break
-        loop += 1
-    stats.shift_ns = base_shift or 0
-    sink.close()
+            loop += 1
+    finally:
+        sink.close()
     stats.elapsed_s = time.perf_counter() - started
+    seen = set()
     for region in source.bad:
-        stats.bad_messages += region.messages or 0
-        stats.bad_regions.append(f"offset {region.offset}: {region.problem}")
+        if region.offset not in seen:  # a loop reads a damaged chunk again: count it once
+            seen.add(region.offset)
+            stats.bad_messages += region.messages or 0
+            stats.bad_regions.append(f"offset {region.offset}: {region.problem}")
     return stats
+
+
+def _one_pass(source: Source, sink: Sink, sel: Selection, pacer: Pacer | None, stats: ReplayStats,
+              base_shift: int | None, rebase_to_ns: int | None, shift_loop: int,
+              on_progress: Callable[[int], None] | None,
+              should_stop: Callable[[], bool]) -> tuple[int | None, int | None, int]:
+    """One pass over the source: (first time, last time, messages sent)."""
+    first: int | None = None
+    last: int | None = None
+    sent = 0
+    for chunk in source.chunks(sel.start_ns, sel.end_ns):
+        index = sel.index(chunk)
+        if not index:
+            continue
+        times = chunk.time_ns
+        if base_shift is None:
+            assert rebase_to_ns is not None
+            base_shift = stats.shift_ns = rebase_to_ns - times[index[0]]
+        if first is None:
+            first = times[index[0]]
+        latest = max(times[i] for i in index)
+        last = latest if last is None else max(last, latest)
+        shift = base_shift + shift_loop
+        if pacer is None:
+            sink.send(chunk, index, shift)
+            sent += len(index)
+            if on_progress:
+                on_progress(len(index))
+        else:
+            for i in index:
+                stats.max_lateness_s = max(stats.max_lateness_s, pacer.wait(times[i] + shift_loop))
+                sink.send(chunk, (i,), shift)
+                sent += 1
+                if on_progress:
+                    on_progress(1)
+                if should_stop():
+                    break
+        if should_stop():
+            break
+    return first, last, sent
 
 
 # ------------------------------------------------------------------------------------------------ MQTT

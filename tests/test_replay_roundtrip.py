@@ -212,3 +212,21 @@ def test_corrupt_recording_fails_the_replay_with_file_and_offset(settings: Setti
     assert "skipped (--skip-bad)" in capsys.readouterr().err
     rows = influx.query('SELECT count("bearing_temp_c") FROM "main_fan"')[0]["series"][0]["values"]
     assert rows[0][1] == 50  # the one chunk is intact: only the manifest was cut off
+
+
+def test_replay_is_deterministic(settings: Settings, tmp_path: Path) -> None:
+    jsonl = tmp_path / "sim.jsonl"
+    n = write_jsonl(jsonl, builtin_catalog(), DEFAULT_START, 2, site="jinggang_steel")
+    received = []
+    for attempt in range(2):
+        out = tmp_path / f"take{attempt}.smrec"
+        thread, results = record_in_background(settings, out, n)
+        assert main(["replay", str(jsonl), "--to", "mqtt", "--speed", "max", "--prefix", settings.topic_prefix,
+                     "-q"]) == 0
+        thread.join(30)
+        assert results and results[0].manifest.messages == n
+        chunk = next(RecordingReader(out).read_chunks())
+        received.append(list(zip(chunk.topic, chunk.payload, chunk.qos, strict=True)))
+    assert received[0] == received[1]  # same messages, same order, same bytes
+    assert [json.loads(p) for _, p, _ in received[0]] == [json.loads(line)["payload"]
+                                                         for line in jsonl.read_text().splitlines()]
