@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from replay.format import Chunk, RecordingReader, RecordingWriter
-from replay.lines import LineEncoder
+from replay.lines import LineEncoder, classify
 from replay.player import InfluxSink, replay
-from replay.sources import classify, open_source
+from replay.sources import open_source
 from replay.synthetic import DEFAULT_START, messages
 from smartmine.catalog import builtin_catalog
 from smartmine.config import parse_mqtt_url
@@ -59,17 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_recording(path: Path, items: Iterator[tuple[int, str, bytes]]) -> int:
-    """A recording of ``(time_ns, topic, payload)``; returns its message count."""
-    writer = RecordingWriter(path, "bench", "bench")
-    chunk, readings = Chunk.empty(), 0
+    """A recording of ``(time_ns, topic, payload)`` as ``record`` writes one; returns its message count."""
+    encoder = LineEncoder(builtin_catalog())
+    writer = RecordingWriter(path, "bench", "bench", meta={"catalog_sha256": encoder.fingerprint})
+    chunk = Chunk.empty()
     for t, topic, payload in items:
-        ts, error, n = classify(topic, payload)
-        chunk.append(t, topic, payload, 1, False, ts, error)
-        readings += n
+        chunk.append(t, topic, payload, 1, False, classify(topic, payload, encoder))
         if len(chunk) >= 20_000:
-            writer.write(chunk, readings)
-            chunk, readings = Chunk.empty(), 0
-    writer.write(chunk, readings)
+            writer.write(chunk)
+            chunk = Chunk.empty()
+    writer.write(chunk)
     return writer.close().messages
 
 
@@ -121,8 +120,11 @@ def bench_influx(work: Path, influxd: Influxd, args: argparse.Namespace) -> dict
 
     replay_db = InfluxClient(influxd.url, "bench_replay", pool_size=args.writers + 1, timeout_s=300)
     replay_db.create_database()
-    sink = InfluxSink(replay_db, LineEncoder(catalog), batch_lines=args.batch_lines, writers=args.writers)
-    stats = replay(open_source(path), sink)
+    source = open_source(path)
+    encoder = LineEncoder(catalog)
+    encoder.trust_fields = encoder.trusts(source.meta)
+    sink = InfluxSink(replay_db, encoder, batch_lines=args.batch_lines, writers=args.writers)
+    stats = replay(source, sink)
     stored = replay_db.query("SELECT count(seq) FROM /.*/")[0]["series"]
     points = sum(s["values"][0][1] for s in stored)
     ceiling = readings / ceiling_s

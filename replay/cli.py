@@ -209,8 +209,9 @@ def _replay(args: argparse.Namespace) -> int:
         client = InfluxClient.from_settings(settings, timeout_s=120, pool_size=args.writers + 1)
         client.ping()
         _ensure_database(client, settings)
-        influx_sink = InfluxSink(client, LineEncoder(load_catalog(settings.catalog_dir)),
-                                 batch_lines=args.batch_lines, writers=args.writers)
+        encoder = LineEncoder(load_catalog(settings.catalog_dir))
+        encoder.trust_fields = encoder.trusts(source.meta)
+        influx_sink = InfluxSink(client, encoder, batch_lines=args.batch_lines, writers=args.writers)
         sink = influx_sink
         cleanup = client.close
     else:

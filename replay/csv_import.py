@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from replay.format import Chunk, Manifest, RecordingError, RecordingWriter
-from replay.sources import classify
+from replay.lines import LineEncoder, classify
 from smartmine.catalog import Catalog
 from smartmine.errors import UsageError
 from smartmine.schema import ts_ns
@@ -88,13 +88,14 @@ def import_csv(path: Path, out: Path, catalog: Catalog, *, time_col: str, site: 
     src = f"csv:{path.name}"[:128]
     ranges = {s: eq.sensors[s].spec.physical for s in sensor_map.values()}
     created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    encoder = LineEncoder(catalog)
     writer = RecordingWriter(out, "csv", created, meta={
         "csv": str(path), "site": site, "equipment": equipment, "sensor_map": sensor_map, "timezone": timezone,
+        "catalog_sha256": encoder.fingerprint,
     })
     result.manifest = writer.manifest
     try:
         chunk = Chunk.empty()
-        readings_in_chunk = 0
         seq = 0
         for row in order:
             stamp: pd.Timestamp = times[row]
@@ -113,19 +114,18 @@ def import_csv(path: Path, out: Path, catalog: Catalog, *, time_col: str, site: 
                 continue
             ts = stamp.to_pydatetime()
             payload = encode_telemetry(ts, seq, readings, src=src)
-            sample_ns, error, n = classify(name, payload)
-            if error is not None:  # pragma: no cover - every input was checked above
-                raise RecordingError(path, None, f"line {row + 2}: {error}")
-            chunk.append(ts_ns(ts), name, payload, 1, False, sample_ns, None)
-            readings_in_chunk += n
+            verdict = classify(name, payload, encoder)
+            if verdict.error is not None:  # pragma: no cover - every input was checked above
+                raise RecordingError(path, None, f"line {row + 2}: {verdict.error}")
+            chunk.append(ts_ns(ts), name, payload, 1, False, verdict)
             seq += 1
             result.rows += 1
             if len(chunk) >= chunk_messages:
-                writer.write(chunk, readings_in_chunk)
+                writer.write(chunk)
                 if on_progress:
                     on_progress(len(chunk))
-                chunk, readings_in_chunk = Chunk.empty(), 0
-        writer.write(chunk, readings_in_chunk)
+                chunk = Chunk.empty()
+        writer.write(chunk)
         if on_progress:
             on_progress(len(chunk))
     except BaseException:

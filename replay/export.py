@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from replay.format import Chunk, Manifest, RecordingWriter
-from replay.sources import classify
+from replay.lines import LineEncoder, classify
 from smartmine.catalog import Catalog
 from smartmine.influx import InfluxClient, quote_ident, quote_string
 from smartmine.schema import QUALITY_SUFFIX, SEQ_FIELD, TAGS
@@ -81,9 +81,10 @@ def export(client: InfluxClient, catalog: Catalog, out: Path, start_ns: int, end
     source = ", ".join(rp + quote_ident(m) for m in measurements)
     site_filter = (" AND (" + " OR ".join(f'"site" = {quote_string(s)}' for s in sites) + ")") if sites else ""
     created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    encoder = LineEncoder(catalog)
     writer = RecordingWriter(out, "influxdb", created, meta={
         "influx_url": client.url, "database": client.database, "retention_policy": retention_policy,
-        "from_ns": start_ns, "to_ns": end_ns, "sites": list(sites),
+        "from_ns": start_ns, "to_ns": end_ns, "sites": list(sites), "catalog_sha256": encoder.fingerprint,
     })
     result = ExportResult(writer.manifest)
     step = max(int(window_s * 1e9), 1)
@@ -108,7 +109,7 @@ def export(client: InfluxClient, catalog: Catalog, out: Path, start_ns: int, end
                         continue
                     rows.append((ts_ns, name, payload, len(readings)))
             rows.sort(key=lambda r: (r[0], r[1]))
-            _write_rows(writer, rows, result)
+            _write_rows(writer, encoder, rows, result)
             if on_progress:
                 on_progress(hi - lo)
             lo = hi
@@ -125,18 +126,16 @@ def _note(result: ExportResult, text: str) -> None:
         result.examples.append(text)
 
 
-def _write_rows(writer: RecordingWriter, rows: list[tuple[int, str, bytes, int]], result: ExportResult,
-                chunk_messages: int = 20_000) -> None:
+def _write_rows(writer: RecordingWriter, encoder: LineEncoder, rows: list[tuple[int, str, bytes, int]],
+                result: ExportResult, chunk_messages: int = 20_000) -> None:
     for start in range(0, len(rows), chunk_messages):
         chunk = Chunk.empty()
-        readings = 0
         for ts_ns, name, payload, _n in rows[start:start + chunk_messages]:
-            sample_ns, error, n = classify(name, payload)
-            if error is not None or sample_ns is None:
+            verdict = classify(name, payload, encoder)
+            if verdict.error is not None or verdict.ts_ns is None:
                 # Never put a payload in a recording that the wire format refuses.
-                _note(result, f"{name} at {ts_ns}: {error}")
+                _note(result, f"{name} at {ts_ns}: {verdict.error}")
                 continue
-            chunk.append(ts_ns, name, payload, 1, False, sample_ns, None)
-            readings += n
+            chunk.append(ts_ns, name, payload, 1, False, verdict)
             result.points += 1
-        writer.write(chunk, readings)
+        writer.write(chunk)

@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import pyarrow as pa
 
@@ -53,8 +53,22 @@ SCHEMA = pa.schema([
     pa.field("retain", pa.bool_(), nullable=False),
     pa.field("ts_ns", pa.int64()),                     # sample time of valid telemetry, else null
     pa.field("error", pa.string()),                    # why a telemetry message is invalid, else null
+    pa.field("readings", pa.uint16()),                 # readings in valid telemetry, else null
+    pa.field("fields", pa.string()),                   # its line-protocol field set (see replay.lines), or null
 ])
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
+class Verdict(NamedTuple):
+    """What validating a message once found: kept beside it so a replay need not validate it again."""
+
+    ts_ns: int | None = None      # sample time, for valid telemetry
+    error: str | None = None      # why telemetry is invalid
+    readings: int | None = None   # how many readings valid telemetry holds
+    fields: str | None = None     # the field set the shared encoder made of it, under the recorded catalog
+
+
+NOT_TELEMETRY = Verdict()
 
 
 class RecordingError(ValueError):
@@ -79,27 +93,27 @@ class Chunk:
     retain: list[bool]
     ts_ns: list[int | None]
     error: list[str | None]
+    readings: list[int | None]
+    fields: list[str | None]
 
     def __len__(self) -> int:
         return len(self.time_ns)
 
     @classmethod
     def empty(cls) -> Chunk:
-        return cls([], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [], [], [])
 
     def append(self, time_ns: int, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-               ts_ns: int | None = None, error: str | None = None) -> None:
+               verdict: Verdict = NOT_TELEMETRY) -> None:
         self.time_ns.append(time_ns)
         self.topic.append(topic)
         self.payload.append(payload)
         self.qos.append(qos)
         self.retain.append(retain)
-        self.ts_ns.append(ts_ns)
-        self.error.append(error)
-
-    def take(self, index: Sequence[int]) -> Chunk:
-        cols = (self.time_ns, self.topic, self.payload, self.qos, self.retain, self.ts_ns, self.error)
-        return Chunk(*([col[i] for i in index] for col in cols))  # type: ignore[arg-type]
+        self.ts_ns.append(verdict.ts_ns)
+        self.error.append(verdict.error)
+        self.readings.append(verdict.readings)
+        self.fields.append(verdict.fields)
 
     def to_arrow(self) -> pa.RecordBatch:
         return pa.record_batch([
@@ -110,6 +124,8 @@ class Chunk:
             pa.array(self.retain, pa.bool_()),
             pa.array(self.ts_ns, pa.int64()),
             pa.array(self.error, pa.string()),
+            pa.array(self.readings, pa.uint16()),
+            pa.array(self.fields, pa.string()),
         ], schema=SCHEMA)
 
     @classmethod
@@ -123,7 +139,8 @@ class Chunk:
         else:
             topics = topic.to_pylist()
         return cls(cols["time_ns"].to_pylist(), topics, cols["payload"].to_pylist(), cols["qos"].to_pylist(),
-                   cols["retain"].to_pylist(), cols["ts_ns"].to_pylist(), cols["error"].to_pylist())
+                   cols["retain"].to_pylist(), cols["ts_ns"].to_pylist(), cols["error"].to_pylist(),
+                   cols["readings"].to_pylist(), cols["fields"].to_pylist())
 
 
 @dataclass(slots=True)
@@ -230,8 +247,8 @@ class RecordingWriter:
     def bytes_written(self) -> int:
         return self._offset
 
-    def write(self, chunk: Chunk, readings: int = 0) -> None:
-        """Write one chunk (in time order across calls); ``readings`` counts the telemetry readings in it."""
+    def write(self, chunk: Chunk) -> None:
+        """Write one chunk (in time order across calls)."""
         if not len(chunk):
             return
         body = encode_chunk(chunk)
@@ -248,7 +265,7 @@ class RecordingWriter:
         m.first_ns = info.first_ns if m.first_ns is None else min(m.first_ns, info.first_ns)
         m.last_ns = info.last_ns if m.last_ns is None else max(m.last_ns, info.last_ns)
         m.messages += len(chunk)
-        m.readings += readings
+        m.readings += sum(n for n in chunk.readings if n)
         for topic in chunk.topic:
             m.topics[topic] = m.topics.get(topic, 0) + 1
         for ts, err in zip(chunk.ts_ns, chunk.error, strict=True):

@@ -1,24 +1,37 @@
-"""Recorded telemetry to line protocol, exactly as ingest stores it, without validating each reading again.
+"""Validation once, when a message enters a recording, and line protocol exactly as ingest stores it.
 
-Every message in a recording was validated against the wire format once, when it was recorded (or read
-from JSON Lines); the recording keeps the verdict (``ts_ns`` / ``error``) under a checksum. So a replay
-decodes a valid payload with the C JSON decoder only, and applies what the catalog says *today*, resolved
-once per topic: the measurement (equipment type), the area, the known sensors and their physical range.
-The line itself comes from :func:`smartmine.schema.telemetry_line`, the encoder ingest uses.
+:func:`classify` validates a message against the wire format when it is recorded (or read from JSON Lines)
+and, given a :class:`LineEncoder`, also keeps the line-protocol field set the shared encoder
+(:func:`smartmine.schema.telemetry_line`) makes of it under the catalog of the day. The recording keeps the
+verdict under a checksum, with the catalog's fingerprint in its manifest.
+
+A replay into InfluxDB then does the least work that still stores exactly what a live ingest would:
+
+- recorded under the same catalog: the stored field set, between the series key (resolved once per topic)
+  and the (shifted) timestamp — no JSON decoding, no validation;
+- otherwise (another catalog, JSON Lines, a message the catalog refused in part): the payload decoded with
+  the C JSON decoder and encoded with ``telemetry_line``, applying what the catalog says *today*.
+
+Both apply ingest's rules: measurement and area from the catalog, a value outside the sensor's physical range
+stored with quality ``out_of_range``, readings of unknown sensors left out and counted, invalid telemetry not
+written. Nothing here runs pydantic per message on replay.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
-from replay.format import Chunk
-from replay.sources import split_topic
+from replay.format import NOT_TELEMETRY, Chunk, Verdict
+from replay.topics import split_topic
 from smartmine.catalog import Catalog
-from smartmine.schema import series_prefix, telemetry_line
+from smartmine.schema import series_prefix, telemetry_line, ts_ns
+from smartmine.wire import TelemetryPayload, WireError, parse_telemetry
 
 # Ingest's quality for a value outside the sensor's physical range (kept as evidence of a sensor fault).
 OUT_OF_RANGE = "out_of_range"
@@ -49,12 +62,26 @@ class Rejected:
 
 
 class LineEncoder:
-    """Turns chunks of recorded telemetry into line protocol for one catalog. Not thread-safe."""
+    """Recorded telemetry to line protocol under one catalog. Not thread-safe.
 
-    def __init__(self, catalog: Catalog) -> None:
+    ``trust_fields``: use the field sets stored in the recording (only when it was recorded under this very
+    catalog: see :meth:`trusts`).
+    """
+
+    def __init__(self, catalog: Catalog, *, trust_fields: bool = False) -> None:
         self.catalog = catalog
+        self.trust_fields = trust_fields
         self._series: dict[str, _Series | tuple[str, str]] = {}
         self.rejected = Rejected()
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the catalog's content: a recording's stored field sets are valid under this one only."""
+        text = json.dumps(self.catalog.to_dict(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def trusts(self, meta: Mapping[str, object] | None) -> bool:
+        return bool(meta) and meta.get("catalog_sha256") == self.fingerprint  # type: ignore[union-attr]
 
     def series(self, topic: str) -> _Series | tuple[str, str]:
         hit = self._series.get(topic)
@@ -77,12 +104,43 @@ class LineEncoder:
         return _Series(series_prefix(eq.type, parts.site, eq.area, parts.equipment), ranges,
                        f"{parts.site}/{parts.equipment}")
 
+    def _readings(self, target: _Series, items: Iterable[tuple[str, float, str]],
+                  rejected: Rejected | None) -> dict[str, tuple[float, str]] | None:
+        """``(sensor, value, quality)`` as ingest stores them; None if a sensor is unknown and ``rejected`` is
+        None (the caller then keeps nothing precomputed)."""
+        ranges = target.ranges
+        readings: dict[str, tuple[float, str]] = {}
+        for sensor, value, quality in items:
+            bounds = ranges.get(sensor)
+            if bounds is None:
+                if rejected is None:
+                    return None
+                rejected.add("unknown_sensor", f"{target.where} has no sensor {sensor!r} in the catalog")
+                continue
+            readings[sensor] = (value, quality if bounds[0] <= value <= bounds[1] else OUT_OF_RANGE)
+        return readings
+
+    def fields(self, topic: str, sample: TelemetryPayload) -> str | None:
+        """The field set ``telemetry_line`` makes of a valid sample today, or None when the catalog refuses any
+        part of it (then a replay encodes it again, and counts what it leaves out)."""
+        target = self.series(topic)
+        if type(target) is tuple:
+            return None
+        assert isinstance(target, _Series)
+        readings = self._readings(target, ((s, v, q) for s, (v, q) in sample.values().items()), None)
+        if not readings:
+            return None
+        line = telemetry_line(target.prefix, sample.ts, sample.seq, readings)
+        return line[len(target.prefix) + 1:line.rindex(" ")]
+
     def encode(self, chunk: Chunk, index: Sequence[int], shift_ns: int, out: list[str]) -> int:
         """Append one line per valid telemetry message at ``index`` to ``out``, its time shifted by
         ``shift_ns``; returns the number of readings. Other channels are left out; invalid telemetry and
         what the catalog refuses is counted in :attr:`rejected`."""
         readings_total = 0
         topics, payloads, stamps, errors = chunk.topic, chunk.payload, chunk.ts_ns, chunk.error
+        stored = chunk.fields if self.trust_fields else [None] * len(chunk)
+        counts = chunk.readings
         loads = json.loads
         for i in index:
             stamp = stamps[i]
@@ -96,24 +154,45 @@ class LineEncoder:
                     self.rejected.add(target[0], target[1])
                 continue
             assert isinstance(target, _Series)
+            # The wire format carries microseconds: a shifted time is truncated to them, as a payload's would be.
+            t_us = (stamp + shift_ns) // 1000
+            fields_i = stored[i]
+            if fields_i is not None:
+                out.append(f"{target.prefix} {fields_i} {t_us * 1000}")
+                readings_total += counts[i] or 0
+                continue
             sample = loads(payloads[i])
-            ranges = target.ranges
-            readings: dict[str, tuple[float, str]] = {}
-            for sensor, r in sample["readings"].items():
-                if type(r) is dict:
-                    value, quality = float(r["value"]), r.get("quality", "good")
-                else:
-                    value, quality = float(r), "good"
-                bounds = ranges.get(sensor)
-                if bounds is None:
-                    self.rejected.add("unknown_sensor", f"{target.where} has no sensor {sensor!r} in the catalog")
-                    continue
-                if not bounds[0] <= value <= bounds[1]:
-                    quality = OUT_OF_RANGE
-                readings[sensor] = (value, quality)
+            readings = self._readings(target, map(_from_json, sample["readings"].items()), self.rejected)
             if not readings:
                 continue
-            ts = _EPOCH + timedelta(microseconds=(stamp + shift_ns) // 1000)
+            ts = _EPOCH + timedelta(microseconds=t_us)
             out.append(telemetry_line(target.prefix, ts, sample["seq"], readings))
             readings_total += len(readings)
         return readings_total
+
+
+def _from_json(item: tuple[str, object]) -> tuple[str, float, str]:
+    """A validated payload's reading as (sensor, value, quality): a bare number, or {value, quality}."""
+    sensor, r = item
+    if type(r) is dict:
+        return sensor, float(r["value"]), r.get("quality", "good")
+    return sensor, float(r), "good"  # type: ignore[arg-type]
+
+
+def classify(topic: str, payload: bytes, encoder: LineEncoder | None = None) -> Verdict:
+    """Validate one message once against the wire format. Valid telemetry gets its sample time and reading
+    count (and, with an ``encoder``, its field set); invalid telemetry gets the reason; other channels (status,
+    events) get nothing and are replayed as they are."""
+    parts = split_topic(topic)
+    if parts is None:
+        if topic.endswith("/telemetry"):
+            return Verdict(error=f"topic {topic!r} does not follow <prefix>/<site>/<area>/<equipment>/telemetry")
+        return NOT_TELEMETRY
+    if parts.channel != "telemetry":
+        return NOT_TELEMETRY
+    try:
+        sample = parse_telemetry(payload)
+    except WireError as exc:
+        return Verdict(error=str(exc))
+    fields = encoder.fields(topic, sample) if encoder is not None else None
+    return Verdict(ts_ns(sample.ts), None, len(sample.readings), fields)

@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 from replay.format import Chunk
 from replay.lines import LineEncoder
-from replay.sources import Source, split_topic
+from replay.sources import Source
 from replay.timeutil import format_ns
+from replay.topics import split_topic
 from smartmine.influx import InfluxClient, InfluxError, PartialWriteError
 
 log = logging.getLogger(__name__)

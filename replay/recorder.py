@@ -27,7 +27,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from replay.format import Chunk, Manifest, RecordingWriter
-from replay.sources import classify
+from replay.lines import LineEncoder, classify
+from smartmine.catalog import load_catalog
 from smartmine.config import Settings
 from smartmine.mqtt import make_client
 
@@ -67,6 +68,7 @@ class Recorder:
         self._subscribed = threading.Event()
         self._stop_reason = "stopped"
         self._writer: RecordingWriter | None = None
+        self._encoder: LineEncoder | None = None
         self._writer_error: BaseException | None = None
 
     @property
@@ -115,12 +117,9 @@ class Recorder:
         assert self._writer is not None
         for start in range(0, len(batch), self.chunk_messages):
             chunk = Chunk.empty()
-            readings = 0
             for now, topic, payload, qos, retain in batch[start:start + self.chunk_messages]:
-                sample_ns, error, n = classify(topic, payload)
-                readings += n
-                chunk.append(now, topic, payload, qos, retain, sample_ns, error)
-            self._writer.write(chunk, readings)
+                chunk.append(now, topic, payload, qos, retain, classify(topic, payload, self._encoder))
+            self._writer.write(chunk)
         self._writer.flush()
 
     def _writer_loop(self) -> None:
@@ -147,8 +146,10 @@ class Recorder:
         self._limit = count
         url = self.settings.mqtt
         created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        self._encoder = LineEncoder(load_catalog(self.settings.catalog_dir))
         self._writer = RecordingWriter(self.out, "mqtt", created, meta={
             "broker": url.masked(), "subscriptions": self.topics, "client_id": self.client_id,
+            "catalog_sha256": self._encoder.fingerprint,
         })
         client = make_client(url, self.client_id, ca_file=self.settings.mqtt_ca_file)
         client.on_connect = self._on_connect

@@ -10,62 +10,16 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
 from replay.format import BadRegion, Chunk, ChunkInfo, RecordingError, RecordingReader, is_recording
+from replay.lines import classify
 from smartmine.schema import ts_ns
-from smartmine.wire import WireError, parse_telemetry, parse_topic
 
 CHUNK_MESSAGES = 10_000
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-@dataclass(frozen=True, slots=True)
-class TopicParts:
-    """A topic split into its levels; the prefix is whatever precedes the last four."""
-
-    prefix: str
-    site: str
-    area: str
-    equipment: str
-    channel: str
-
-    def with_prefix(self, prefix: str) -> str:
-        return f"{prefix}/{self.site}/{self.area}/{self.equipment}/{self.channel}"
-
-
-@lru_cache(maxsize=65536)
-def split_topic(topic: str) -> TopicParts | None:
-    """The parts of ``<prefix>/<site>/<area>/<equipment>/<channel>``, or None if it does not follow the scheme."""
-    parts = topic.rsplit("/", 4)
-    if len(parts) != 5:
-        return None
-    try:
-        t = parse_topic(topic, parts[0])
-    except WireError:
-        return None
-    return TopicParts(t.prefix, t.site, t.area, t.equipment, t.channel)
-
-
-def classify(topic: str, payload: bytes) -> tuple[int | None, str | None, int]:
-    """Validate one message once: ``(ts_ns, None, readings)`` for valid telemetry, ``(None, reason, 0)`` for
-    invalid telemetry, ``(None, None, 0)`` for other channels (status, events) that are replayed as they are."""
-    parts = split_topic(topic)
-    if parts is None:
-        if topic.endswith("/telemetry"):
-            return None, f"topic {topic!r} does not follow <prefix>/<site>/<area>/<equipment>/telemetry", 0
-        return None, None, 0
-    if parts.channel != "telemetry":
-        return None, None, 0
-    try:
-        sample = parse_telemetry(payload)
-    except WireError as exc:
-        return None, str(exc), 0
-    return ts_ns(sample.ts), None, len(sample.readings)
 
 
 class Source:
@@ -77,6 +31,11 @@ class Source:
 
     @property
     def total_messages(self) -> int | None:
+        return None
+
+    @property
+    def meta(self) -> dict[str, object] | None:
+        """How the input was made (a recording's manifest ``meta``), if it says."""
         return None
 
     def chunks(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[Chunk]:
@@ -94,6 +53,10 @@ class RecordingSource(Source):
     @property
     def total_messages(self) -> int | None:
         return sum(c.count for c in self.reader.chunks)
+
+    @property
+    def meta(self) -> dict[str, object] | None:
+        return self.reader.manifest.meta if self.reader.manifest else None
 
     def select(self, start_ns: int | None, end_ns: int | None) -> list[ChunkInfo]:
         """The chunks that can hold messages in [start, end) — the manifest's time ranges prune the rest."""
@@ -156,13 +119,13 @@ class JsonLinesSource(Source):
             raw = obj["payload"]
             payload = raw.encode() if isinstance(raw, str) else _payload_bytes(line, raw)
             topic = obj["topic"]
-            sample_ns, error, _ = classify(topic, payload)
+            verdict = classify(topic, payload)
+            sample_ns = verdict.ts_ns
             # The time axis is the sample time; a status line or a bad sample keeps the one before it.
             time_ns = sample_ns if sample_ns is not None else _payload_ts(raw)
             time_ns = last_ns if time_ns is None else time_ns
             last_ns = max(last_ns, time_ns)
-            chunk.append(time_ns, topic, payload, int(obj.get("qos", 1)), bool(obj.get("retain", False)),
-                         sample_ns, error)
+            chunk.append(time_ns, topic, payload, int(obj.get("qos", 1)), bool(obj.get("retain", False)), verdict)
             if len(chunk) >= CHUNK_MESSAGES:
                 yield chunk
                 chunk = Chunk.empty()

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from replay.format import FRAME_HEADER_SIZE, MAGIC, Chunk, RecordingError, RecordingReader, RecordingWriter
+from replay.lines import LineEncoder, classify
 from replay.player import Pacer
-from replay.sources import classify, open_source
+from replay.sources import open_source
 from replay.synthetic import DEFAULT_START, messages, write_jsonl
 from smartmine.catalog import builtin_catalog
+from smartmine.schema import ts_ns
 
 
 def _record(path: Path, samples: int = 30, chunk_messages: int = 200) -> list[tuple[str, bytes]]:
@@ -23,8 +26,7 @@ def _record(path: Path, samples: int = 30, chunk_messages: int = 200) -> list[tu
     writer = RecordingWriter(path, "test", "2026-11-27T00:00:00Z")
     chunk = Chunk.empty()
     for n, (topic, payload) in enumerate(msgs):
-        ts, error, _ = classify(topic, payload)
-        chunk.append(1_000_000_000 * n, topic, payload, 1, False, ts, error)
+        chunk.append(1_000_000_000 * n, topic, payload, 1, False, classify(topic, payload))
         if len(chunk) == chunk_messages:
             writer.write(chunk)
             chunk = Chunk.empty()
@@ -101,7 +103,7 @@ def test_unclosed_recording_is_kept_as_partial_and_recoverable(tmp_path: Path) -
     writer = RecordingWriter(path, "test", "now")
     chunk = Chunk.empty()
     for n, (topic, payload) in enumerate(messages(builtin_catalog(), DEFAULT_START, 2)):
-        chunk.append(n, topic, payload, 1, False, *classify(topic, payload)[:2])
+        chunk.append(n, topic, payload, 1, False, classify(topic, payload))
     writer.write(chunk)
     writer.abort()  # the recorder was killed before it could close
     assert not path.exists()
@@ -160,3 +162,32 @@ def test_json_lines_payload_bytes_are_kept_verbatim(tmp_path: Path) -> None:
     chunk = next(open_source(path).chunks())
     assert chunk.payload == [payload]  # "0.50" and "1e1" as the simulator wrote them, not re-encoded
     assert chunk.error == [None] and chunk.ts_ns[0] is not None
+
+
+def test_stored_field_sets_give_the_very_lines_the_shared_encoder_gives(tmp_path: Path) -> None:
+    catalog = builtin_catalog()
+    encoder = LineEncoder(catalog)
+    fan = "smartmine/yanshan_mine/ventilation/main_fan_1/telemetry"
+    tricky = [
+        (fan, b'{"v":1,"ts":"2026-11-27T08:00:00.123456Z","seq":1,"readings":{"vibration_mm_s":1.5,'
+              b'"bearing_temp_c":{"value":70.25,"quality":"uncertain"}}}'),
+        (fan, b'{"v":1,"ts":"2026-11-27T08:00:01Z","seq":2,"readings":{"vibration_mm_s":1e6}}'),   # out of range
+        (fan, b'{"v":1,"ts":"2026-11-27T08:00:02Z","seq":3,"readings":{"vibration_mm_s":2,"no_such":1}}'),
+        ("smartmine/yanshan_mine/shaft/main_fan_1/telemetry",                                  # wrong area
+         b'{"v":1,"ts":"2026-11-27T08:00:03Z","seq":4,"readings":{"vibration_mm_s":2}}'),
+    ]
+    chunk = Chunk.empty()
+    for n, (topic, payload) in enumerate([*tricky, *messages(catalog, DEFAULT_START, 2)]):
+        chunk.append(n, topic, payload, 1, False, classify(topic, payload, encoder))
+    assert chunk.fields[0] is not None and chunk.fields[2] is None and chunk.fields[3] is None
+    for shift in (0, 123_456_789_123):
+        stored: list[str] = []
+        again: list[str] = []
+        slow, fast = LineEncoder(catalog), LineEncoder(catalog, trust_fields=True)
+        assert fast.encode(chunk, range(len(chunk)), shift, stored) == slow.encode(chunk, range(len(chunk)), shift,
+                                                                                    again)
+        assert stored == again
+        assert fast.rejected.counts == slow.rejected.counts == {"unknown_sensor": 1, "area_mismatch": 1}
+    assert 'bearing_temp_c_quality="uncertain"' in stored[0] and 'vibration_mm_s_quality="out_of_range"' in stored[1]
+    sample_ns = ts_ns(datetime(2026, 11, 27, 8, 0, 0, 123456, tzinfo=UTC))
+    assert stored[0].endswith(f" {(sample_ns + 123_456_789_123) // 1000 * 1000}")  # shifted, truncated to µs
