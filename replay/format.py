@@ -14,8 +14,9 @@ frames. Every frame carries its own checksums, so a damaged byte is found and na
 recording cut short (the recorder was killed) still yields every chunk written before the cut.
 
 Columns are what a faithful replay needs (receive time, topic, payload bytes, QoS, retain flag) plus what the
-recorder learned once when it validated the message (``ts_ns`` of valid telemetry, ``error`` for invalid
-telemetry), so a replay into InfluxDB does not validate every reading again.
+recorder learned once when it validated the message (:class:`Verdict`: ``ts_ns`` and ``readings`` of valid
+telemetry, ``error`` for invalid telemetry, the line-protocol ``fields`` the shared encoder made of it), so a
+replay into InfluxDB does not validate or encode every reading again (see :mod:`replay.lines`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 MAGIC = b"SMREC\x00\x01\n"
 FOOTER_MAGIC = b"SMRECEND"
@@ -82,10 +84,15 @@ class RecordingError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
-@dataclass(slots=True)
 class Chunk:
-    """A decoded chunk: one list per column, aligned by index."""
+    """A chunk of messages: one list per column, aligned by index.
 
+    Built with :meth:`append` (recording), or decoded from a file with :meth:`from_arrow`: then each column
+    becomes a Python list only when it is first used, and :attr:`batch` keeps the Arrow data for vectorised
+    work (a replay into InfluxDB reads neither the payloads nor the receive times).
+    """
+
+    COLUMNS = ("time_ns", "topic", "payload", "qos", "retain", "ts_ns", "error", "readings", "fields")
     time_ns: list[int]
     topic: list[str]
     payload: list[bytes]
@@ -96,15 +103,47 @@ class Chunk:
     readings: list[int | None]
     fields: list[str | None]
 
+    def __init__(self, batch: pa.RecordBatch | None = None) -> None:
+        self.batch = batch
+        if batch is None:
+            for name in self.COLUMNS:
+                setattr(self, name, [])
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for a column not decoded yet (set attributes are found without it).
+        batch = self.__dict__.get("batch")
+        if batch is None or name not in self.COLUMNS:
+            raise AttributeError(name)
+        column = batch.column(name)
+        if name == "topic" and pa.types.is_dictionary(column.type):
+            # Decode each distinct topic once instead of once per message.
+            names = column.dictionary.to_pylist()
+            value: list[Any] = [names[i] for i in column.indices.to_pylist()]
+        else:
+            value = column.to_pylist()
+        setattr(self, name, value)
+        return value
+
+    def time_range(self, index: Sequence[int]) -> tuple[int, int]:
+        """Earliest and latest ``time_ns`` of the messages at ``index`` (not empty)."""
+        if self.batch is not None and isinstance(index, range) and index == range(self.batch.num_rows) \
+                and "time_ns" not in self.__dict__:
+            lo_hi = pc.min_max(self.batch.column("time_ns"))
+            return int(lo_hi["min"].as_py()), int(lo_hi["max"].as_py())
+        times = self.time_ns
+        selected = [times[i] for i in index]
+        return min(selected), max(selected)
+
     def __len__(self) -> int:
-        return len(self.time_ns)
+        return self.batch.num_rows if self.batch is not None else len(self.time_ns)
 
     @classmethod
     def empty(cls) -> Chunk:
-        return cls([], [], [], [], [], [], [], [], [])
+        return cls()
 
     def append(self, time_ns: int, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                verdict: Verdict = NOT_TELEMETRY) -> None:
+        assert self.batch is None, "a decoded chunk is read-only"
         self.time_ns.append(time_ns)
         self.topic.append(topic)
         self.payload.append(payload)
@@ -116,6 +155,8 @@ class Chunk:
         self.fields.append(verdict.fields)
 
     def to_arrow(self) -> pa.RecordBatch:
+        if self.batch is not None:
+            return self.batch
         return pa.record_batch([
             pa.array(self.time_ns, pa.int64()),
             pa.array(self.topic, pa.string()).dictionary_encode(),
@@ -130,17 +171,7 @@ class Chunk:
 
     @classmethod
     def from_arrow(cls, batch: pa.RecordBatch) -> Chunk:
-        cols = {name: batch.column(name) for name in SCHEMA.names}
-        topic = cols["topic"]
-        if pa.types.is_dictionary(topic.type):
-            # Decode each distinct topic once instead of once per message.
-            names = topic.dictionary.to_pylist()
-            topics = [names[i] for i in topic.indices.to_pylist()]
-        else:
-            topics = topic.to_pylist()
-        return cls(cols["time_ns"].to_pylist(), topics, cols["payload"].to_pylist(), cols["qos"].to_pylist(),
-                   cols["retain"].to_pylist(), cols["ts_ns"].to_pylist(), cols["error"].to_pylist(),
-                   cols["readings"].to_pylist(), cols["fields"].to_pylist())
+        return cls(batch)
 
 
 @dataclass(slots=True)

@@ -46,11 +46,14 @@ class Selection:
     start_ns: int | None = None
     end_ns: int | None = None
 
-    def index(self, chunk: Chunk) -> list[int]:
-        times = chunk.time_ns
+    def index(self, chunk: Chunk) -> Sequence[int]:
+        """The selected messages' positions in ``chunk`` (a ``range`` when all are)."""
         lo, hi = self.start_ns, self.end_ns
-        idx = [i for i, t in enumerate(times) if (lo is None or t >= lo) and (hi is None or t < hi)] \
-            if lo is not None or hi is not None else list(range(len(times)))
+        if lo is None and hi is None and not self.sites and not self.equipment:
+            return range(len(chunk))
+        idx: Sequence[int] = range(len(chunk))
+        if lo is not None or hi is not None:
+            idx = [i for i, t in enumerate(chunk.time_ns) if (lo is None or t >= lo) and (hi is None or t < hi)]
         if self.sites or self.equipment:
             topics = chunk.topic
             keep = []
@@ -159,13 +162,12 @@ def _one_pass(source: Source, sink: Sink, sel: Selection, pacer: Pacer | None, s
         index = sel.index(chunk)
         if not index:
             continue
-        times = chunk.time_ns
+        earliest, latest = chunk.time_range(index)
         if base_shift is None:
             assert rebase_to_ns is not None
-            base_shift = stats.shift_ns = rebase_to_ns - times[index[0]]
+            base_shift = stats.shift_ns = rebase_to_ns - chunk.time_ns[index[0]]
         if first is None:
-            first = times[index[0]]
-        latest = max(times[i] for i in index)
+            first = earliest
         last = latest if last is None else max(last, latest)
         shift = base_shift + shift_loop
         if pacer is None:
@@ -174,6 +176,7 @@ def _one_pass(source: Source, sink: Sink, sel: Selection, pacer: Pacer | None, s
             if on_progress:
                 on_progress(len(index))
         else:
+            times = chunk.time_ns
             for i in index:
                 stats.max_lateness_s = max(stats.max_lateness_s, pacer.wait(times[i] + shift_loop))
                 sink.send(chunk, (i,), shift)
@@ -276,28 +279,35 @@ class InfluxSink:
         self.rejected_lines = 0
         self._count_lock = threading.Lock()
         self.rejected_by_server: dict[str, str] = {}
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
+        self._pending_lines = 0
         self._last_flush = time.perf_counter()
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="replay-write")
         self._slots = threading.BoundedSemaphore(writers * 2)  # batches in flight or queued: bounded memory
         self._futures: list[Future[None]] = []
 
     def send(self, chunk: Chunk, index: Sequence[int], shift_ns: int) -> None:
-        self.readings += self.encoder.encode(chunk, index, shift_ns, self._pending)
-        if len(self._pending) >= self.batch_lines or (
-                time.perf_counter() - self._last_flush >= self.flush_interval_s and self._pending):
+        body, lines, readings = self.encoder.encode_chunk(chunk, index, shift_ns)
+        self.readings += readings
+        if lines:
+            self._pending.append(body)
+            self._pending_lines += lines
+        if self._pending_lines >= self.batch_lines or (
+                self._pending and time.perf_counter() - self._last_flush >= self.flush_interval_s):
             self.flush()
 
     def flush(self) -> None:
-        lines, self._pending = self._pending, []
+        """Hand what is pending to a writer (a batch holds whole chunks: ``batch_lines`` or a little more)."""
+        pieces, lines = self._pending, self._pending_lines
+        self._pending, self._pending_lines = [], 0
         self._last_flush = time.perf_counter()
-        for start in range(0, len(lines), self.batch_lines):
-            self._submit(lines[start:start + self.batch_lines])
+        if lines:
+            self._submit(b"\n".join(pieces), lines)
 
-    def _submit(self, lines: list[str]) -> None:
+    def _submit(self, body: bytes, lines: int) -> None:
         self._check_failed()
         self._slots.acquire()
-        future = self._pool.submit(self._write, lines)
+        future = self._pool.submit(self._write, body, lines)
         future.add_done_callback(lambda _f: self._slots.release())
         self._futures.append(future)
 
@@ -310,22 +320,21 @@ class InfluxSink:
                 keep.append(f)
         self._futures = keep
 
-    def _write(self, lines: list[str]) -> None:
-        body = "\n".join(lines).encode()
+    def _write(self, body: bytes, lines: int) -> None:
         for attempt in range(self.retries + 1):
             try:
                 self.client.write_lines(body)
                 with self._count_lock:
-                    self.lines += len(lines)
+                    self.lines += lines
                 return
             except PartialWriteError as exc:
                 # The server kept the valid lines; count what it refused with its reason.
                 dropped = _DROPPED.search(exc.body)
-                n_rejected = len(exc.rejected) or (int(dropped.group(1)) if dropped else len(lines))
+                n_rejected = len(exc.rejected) or (int(dropped.group(1)) if dropped else lines)
                 with self._count_lock:
                     self.rejected_by_server.update(exc.rejected or {f"({n_rejected} lines)": exc.body.strip()})
                     self.rejected_lines += n_rejected
-                    self.lines += len(lines) - n_rejected
+                    self.lines += lines - n_rejected
                 return
             except InfluxError as exc:
                 if not exc.retryable or attempt == self.retries:
