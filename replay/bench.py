@@ -207,18 +207,21 @@ def bench_record(work: Path, broker: Mosquitto, influxd: Influxd, args: argparse
     env = _env(broker, influxd)
     use_simulator = args.load == "simulator" or (args.load == "auto" and _simulators_installed())
     if use_simulator:
-        # The simulators at full speed; the same command with --out gives the exact messages to expect
-        # (same seed, start and duration: byte-identical output).
+        # The simulators at full speed, one process per site; the same commands with --out give the exact
+        # messages to expect (same seed, start and duration: byte-identical output).
         env["SMARTMINE_TOPIC_PREFIX"] = "simload"
-        sim = [sys.executable, "-m", "smartmine.cli", "simulate", "--site", "all", "--seed", "1", "--start",
-               "2026-11-27T00:00:00Z", "--duration", args.sim_duration, "--speed", "max", "--scale",
-               str(args.sim_scale), "--progress-every", "3600"]
-        expected_file = work / "expected.jsonl"
-        subprocess.run([*sim, "--out", str(expected_file)], env=env, check=True, stdout=subprocess.DEVNULL)
-        expected = {(t, p) for c in open_source(expected_file).chunks()
-                    for t, p in zip(c.topic, c.payload, strict=True) if t.endswith("/telemetry")}
+        publishers, expected = [], set()
+        for site in builtin_catalog().site_ids():
+            sim = [sys.executable, "-m", "smartmine.cli", "simulate", "--site", site, "--seed", "1", "--start",
+                   "2026-11-27T00:00:00Z", "--duration", args.sim_duration, "--speed", "max", "--scale",
+                   str(args.sim_scale), "--progress-every", "3600"]
+            expected_file = work / f"expected-{site}.jsonl"
+            subprocess.run([*sim, "--out", str(expected_file)], env=env, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            expected |= {(t, p) for c in open_source(expected_file).chunks()
+                         for t, p in zip(c.topic, c.payload, strict=True) if t.endswith("/telemetry")}
+            publishers.append([*sim, "--qos", "1"])
         topics = "simload/+/+/+/telemetry"
-        publishers = [[*sim, "--qos", "1"]]
     else:
         load = work / "load.smrec"
         per = args.load_messages
@@ -234,7 +237,8 @@ def bench_record(work: Path, broker: Mosquitto, influxd: Influxd, args: argparse
                                  str(len(expected)), "--topics", topics, "-q"], env=env)
     time.sleep(3.0)  # the recorder's start-up (imports, connect, subscribe) before the load begins
     started = time.perf_counter()
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL) for cmd in publishers]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for cmd in publishers]
     for p in procs:
         p.wait(900)
     publish_s = time.perf_counter() - started
@@ -248,7 +252,8 @@ def bench_record(work: Path, broker: Mosquitto, influxd: Influxd, args: argparse
         for topic, payload in zip(chunk.topic, chunk.payload, strict=True):
             got[(topic, payload)] = got.get((topic, payload), 0) + 1
     return {
-        "record_load": "simulators (smartmine simulate --speed max)" if use_simulator else "synthetic publishers",
+        "record_load": (f"simulators: one smartmine simulate --speed max --scale {args.sim_scale} per site"
+                        if use_simulator else f"{args.publishers} synthetic publishers at max speed"),
         "record_published": len(expected),
         "record_publish_rate_msg_per_s": round(len(expected) / publish_s),
         "record_recorded": sum(got.values()),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from smartmine.cli import parse_duration
 from smartmine.errors import UsageError
 
 SINKS = ("mqtt", "influx")
@@ -65,11 +66,11 @@ def _size(n: int) -> str:
 def _record(args: argparse.Namespace) -> int:
     from replay.progress import make_progress, print_summary
     from replay.recorder import Recorder
-    from replay.timeutil import format_ns, parse_duration
+    from replay.timeutil import format_ns
     from smartmine.wire import subscription
 
     settings = _settings(args)
-    duration = parse_duration(args.duration) if args.duration else None
+    duration = args.duration
     if args.count is not None and args.count <= 0:
         raise UsageError("--count must be a positive number of messages")
     topics = args.topics or [subscription("telemetry", settings.topic_prefix)]
@@ -111,7 +112,7 @@ def _set_completed(progress: Any, task: Any, n: int) -> None:
 def _export(args: argparse.Namespace) -> int:
     from replay.export import export
     from replay.progress import make_progress, print_summary
-    from replay.timeutil import format_ns, parse_duration, parse_instant
+    from replay.timeutil import format_ns, parse_instant
     from smartmine.catalog import load_catalog
     from smartmine.influx import InfluxClient
 
@@ -129,7 +130,7 @@ def _export(args: argparse.Namespace) -> int:
     with progress:
         task = progress.add_task("exporting", total=(end - start) / 1e9)
         result = export(client, catalog, Path(args.out), start, end, sites=args.site or (),
-                        prefix=args.prefix or settings.topic_prefix, window_s=parse_duration(args.window),
+                        prefix=args.prefix or settings.topic_prefix, window_s=args.window,
                         retention_policy=args.rp, on_progress=lambda ns: progress.advance(task, ns / 1e9))
     elapsed = time.perf_counter() - started
     m = result.manifest
@@ -386,7 +387,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topics", nargs="+", metavar="FILTER",
                    help="MQTT topic filters (default: every telemetry topic under the configured prefix)")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--duration", metavar="D", help="stop after this long (90s, 15m, 2h)")
+    stop.add_argument("--duration", metavar="D", type=parse_duration, help="stop after this long (90s, 15m, 2h)")
     stop.add_argument("--count", type=int, metavar="N", help="stop after N messages")
     p.add_argument("--client-id", help="MQTT client id (default: a fresh one)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -400,7 +401,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--site", action="append", help="only this site (repeat for several)")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--prefix", help="topic prefix of the exported messages (default: the configured one)")
-    p.add_argument("--window", default="10m", metavar="D", help="time read per query (bounds memory)")
+    p.add_argument("--window", default=600.0, type=parse_duration, metavar="D",
+                   help="time read per query (bounds memory; default 10m)")
     p.add_argument("--rp", help="retention policy to read (default: the database's default)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_export)

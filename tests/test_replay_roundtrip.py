@@ -1,8 +1,8 @@
 """Record and replay against the real broker and influxd: what comes out is what went in.
 
-simulator JSON Lines → replay to MQTT → ``record`` → replay into a fresh InfluxDB gives the same points as a
-direct write of the same telemetry through the shared encoder; ``export`` then replay gives the same points
-again; filters, ``--prefix``, ``--rebase-time``, ``--loop`` and ``import-csv`` do what they say.
+``simulate`` → ``record`` → replay into a fresh InfluxDB gives the same points as a direct write of the same
+telemetry (the simulators' JSON Lines of the same run) through the shared encoder; ``export`` then replay gives
+the same points again; filters, ``--prefix``, ``--rebase-time``, ``--loop`` and ``import-csv`` do what they say.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from smartmine.schema import series_prefix, telemetry_line
 from smartmine.services import Influxd
 from smartmine.wire import parse_telemetry, parse_topic, subscription
 
-SAMPLES = 4  # rounds of one message per catalog equipment
+SIMULATED = "20s"  # of both sites, every equipment at its sample period
 
 
 @pytest.fixture
@@ -84,12 +84,16 @@ def record_in_background(settings: Settings, out: Path, count: int) -> tuple[thr
 def test_simulate_record_replay_gives_the_same_points_as_a_direct_write(
         settings: Settings, influx: InfluxClient, other_db: InfluxClient, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
+    # What the simulators publish, and (same seed, start and duration: byte-identical) the reference copy.
+    simulate = ["simulate", "--site", "all", "--seed", "3", "--start", "2026-11-27T08:00:00Z", "--duration",
+                SIMULATED, "--speed", "max"]
     jsonl = tmp_path / "sim.jsonl"
-    n = write_jsonl(jsonl, builtin_catalog(), DEFAULT_START, SAMPLES)
+    assert main([*simulate, "--out", str(jsonl)]) == 0
+    n = sum(1 for line in jsonl.read_text().splitlines() if '/telemetry"' in line)
     recording = tmp_path / "plant.smrec"
     thread, results = record_in_background(settings, recording, n)
 
-    assert main(["replay", str(jsonl), "--to", "mqtt", "--speed", "max", "--prefix", settings.topic_prefix]) == 0
+    assert main([*simulate, "--qos", "1"]) == 0
     thread.join(30)
     assert results, "recorder did not finish"
     manifest = results[0].manifest
