@@ -103,6 +103,21 @@ def _wire_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _security_acl(args: argparse.Namespace) -> int:
+    from smartmine.security import broker_acl
+
+    settings = settings_from(args)
+    text = broker_acl(catalog_from(args), args.prefix or settings.topic_prefix)
+    if args.output:
+        from pathlib import Path
+
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"{args.output}: written")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smartmine",
@@ -130,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     wire = sub.add_parser("wire", help="the wire format")
     wsub = wire.add_subparsers(dest="wire_command", metavar="ACTION", required=True)
     wsub.add_parser("schema", help="print the telemetry payload's JSON Schema").set_defaults(func=_wire_schema)
+
+    security = sub.add_parser("security", help="broker access rules (see docs/security.md)")
+    ssub = security.add_subparsers(dest="security_command", metavar="ACTION", required=True)
+    acl = ssub.add_parser("acl", help="print the Mosquitto ACL generated from the catalog")
+    acl.add_argument("--prefix", help="topic prefix (default: the configured one)")
+    acl.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    acl.set_defaults(func=_security_acl)
 
     for module in STAGE_COMMANDS:
         # While a stage is being built its module may not exist yet; every shipped stage has one.

@@ -8,6 +8,7 @@ The binaries come from Debian's ``mosquitto`` and ``influxdb`` packages.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -18,6 +19,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smartmine.security import TlsFiles
 
 __all__ = ["Influxd", "Mosquitto", "ServiceError", "free_port", "wait_for"]
 
@@ -138,12 +143,20 @@ class _Service:
 
 @dataclass
 class Mosquitto(_Service):
-    """A Mosquitto broker listening on loopback. ``extra_config`` lines are appended to its config."""
+    """A Mosquitto broker listening on loopback. ``extra_config`` lines are appended to its config.
+
+    Locked down: ``users`` (name -> password, hashed into a password file by ``mosquitto_passwd``)
+    turns anonymous access off, ``acl_file`` says who may read and write which topics, ``tls`` makes
+    the listener TLS-only (``mqtts://``), ``message_size_limit`` drops larger publishes at the broker.
+    """
 
     persistence: bool = True
     allow_anonymous: bool = True
     password_file: Path | None = None
     acl_file: Path | None = None
+    users: dict[str, str] | None = field(default=None, repr=False)
+    tls: TlsFiles | None = None
+    message_size_limit: int = 0
     extra_config: list[str] = field(default_factory=list)
     # The default in-flight window (20) throttles an acknowledge-after-write consumer; see docs/ingest.md.
     max_inflight_messages: int = 1000
@@ -153,7 +166,7 @@ class Mosquitto(_Service):
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def config_file(self) -> Path:
@@ -161,10 +174,18 @@ class Mosquitto(_Service):
 
     def _command(self) -> list[str]:
         binary = find_binary("mosquitto", "mosquitto")
+        if self.users is not None:
+            from smartmine.security import write_password_file
+
+            self.password_file = write_password_file(self.data_dir / "passwd", self.users)
+        anonymous = self.allow_anonymous and self.password_file is None
         lines = [
+            # Started as root, Mosquitto would switch to user "mosquitto" and lose access to the password
+            # file, keys and persistence folder this process made; stay the user who started it.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
             "per_listener_settings false",
             f"listener {self.port} {self.host}",
-            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+            f"allow_anonymous {'true' if anonymous else 'false'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.data_dir}/",
             "autosave_interval 1",
@@ -177,6 +198,10 @@ class Mosquitto(_Service):
             "log_type notice",
             "connection_messages true",
         ]
+        if self.tls:
+            lines += [f"certfile {self.tls.cert}", f"keyfile {self.tls.key}", "tls_version tlsv1.2"]
+        if self.message_size_limit:
+            lines.append(f"message_size_limit {self.message_size_limit}")
         if self.password_file:
             lines.append(f"password_file {self.password_file}")
         if self.acl_file:
@@ -191,9 +216,14 @@ class Mosquitto(_Service):
 
 @dataclass
 class Influxd(_Service):
-    """InfluxDB 1.x (``influxd``) with its HTTP API on loopback, data under ``data_dir``."""
+    """InfluxDB 1.x (``influxd``) with its HTTP API on loopback, data under ``data_dir``.
+
+    With ``admin`` (user, password) authentication is on and that admin is created at the first start
+    (1.x lets the first admin be created without credentials); :meth:`create_user` adds the others.
+    """
 
     auth_enabled: bool = False
+    admin: tuple[str, str] | None = field(default=None, repr=False)
     rpc_port: int = 0
     cq_run_interval: str = "1s"
 
@@ -209,6 +239,8 @@ class Influxd(_Service):
 
     def _command(self) -> list[str]:
         binary = find_binary("influxd", "influxdb")
+        if self.admin:
+            self.auth_enabled = True
         if not self.rpc_port:
             self.rpc_port = free_port(self.host)
         d = self.data_dir
@@ -255,3 +287,48 @@ bind-address = "{self.host}:{self.rpc_port}"
                 return int(resp.status) == 204
         except (urllib.error.URLError, OSError):
             return False
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        fresh = not self.running
+        super().start(timeout_s)
+        if fresh and self.admin:
+            from smartmine.influx import quote_ident, quote_string
+
+            name, password = self.admin
+            # Idempotent: with the same password CREATE USER succeeds again after a restart.
+            self._statement(f"CREATE USER {quote_ident(name)} WITH PASSWORD {quote_string(password)} "
+                            "WITH ALL PRIVILEGES")
+
+    def create_user(self, name: str, password: str, database: str | None = None,
+                    privilege: str = "WRITE") -> None:
+        """A non-admin user with ``privilege`` (READ, WRITE or ALL) on ``database``."""
+        from smartmine.influx import quote_ident, quote_string
+
+        if privilege not in ("READ", "WRITE", "ALL"):
+            raise ValueError(f"privilege {privilege!r}: READ, WRITE or ALL")
+        self._statement(f"CREATE USER {quote_ident(name)} WITH PASSWORD {quote_string(password)}")
+        if database:
+            self._statement(f"GRANT {privilege} ON {quote_ident(database)} TO {quote_ident(name)}")
+
+    def _statement(self, statement: str) -> None:
+        """Run one InfluxQL statement as the admin; the statement text (it may hold a password) is never shown."""
+        import base64
+        import json
+        from urllib.parse import urlencode
+
+        request = urllib.request.Request(f"{self.url}/query", data=urlencode({"q": statement}).encode(),
+                                         method="POST")
+        if self.admin:
+            token = base64.b64encode(f"{self.admin[0]}:{self.admin[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                results = json.loads(resp.read())["results"]
+        except urllib.error.HTTPError as exc:
+            raise ServiceError(f"influxd refused a user-management statement: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ServiceError(f"influxd at {self.url} unreachable: {exc}") from None
+        for result in results:
+            if "error" in result:
+                raise ServiceError(f"influxd: {result['error']}")
+

@@ -1,0 +1,164 @@
+"""Who may do what on the broker, and the key material to prove who is who.
+
+- :func:`broker_acl` turns the catalog into a Mosquitto ACL: each site's simulator (gateway) may publish only
+  that site's ``telemetry`` and ``status`` topics; ``ingest`` may only read telemetry; only ``analytics``
+  may publish anomaly events and only ``alerts`` alert state. ``deploy/mosquitto/acl`` is this output for
+  the built-in catalog (``smartmine security acl`` regenerates it; a test keeps the two identical).
+- :func:`write_password_file` hashes passwords with Mosquitto's own ``mosquitto_passwd``.
+- :func:`make_ca` / :func:`issue_certificate` make a private CA and a server certificate with the
+  ``openssl`` command line, for tests and for a first local TLS set-up (production uses the site's PKI).
+
+Secrets never come from here: callers pass passwords they took from the environment, and nothing in this
+module logs or stores them in clear.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from smartmine.catalog import Catalog
+from smartmine.services import ServiceError, find_binary
+from smartmine.wire import DEFAULT_PREFIX, check_prefix
+
+__all__ = [
+    "DEADLETTER_TOPIC_LEVEL",
+    "SERVICE_USERS",
+    "TlsFiles",
+    "broker_acl",
+    "issue_certificate",
+    "make_ca",
+    "simulator_user",
+    "write_password_file",
+]
+
+# Ingest republishes every rejected message under <prefix>/<this>/... for whoever investigates bad input.
+DEADLETTER_TOPIC_LEVEL = "deadletter"
+
+# The broker users of the pipeline's own services (the simulators have one user per site: simulator_user).
+SERVICE_USERS = ("ingest", "analytics", "alerts", "recorder")
+
+
+def simulator_user(site: str) -> str:
+    """The broker user of a site's gateway or simulator: it may publish that site's data only."""
+    return f"sim_{site}"
+
+
+def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
+    """The Mosquitto ACL file for ``catalog``'s sites under topic ``prefix`` (deny by default)."""
+    p = check_prefix(prefix)
+    lines = [
+        "# Mosquitto ACL for smartmine, generated from the catalog by `smartmine security acl`. Do not edit:",
+        "# regenerate it after adding a site. Anything not granted here is denied: the broker drops a",
+        "# publish to a topic the user may not write and never delivers a message the user may not read.",
+        "# Passwords live in a separate password file made with mosquitto_passwd (docs/security.md).",
+        "",
+        "# ingest reads every site's telemetry (through its shared subscription) and may publish",
+        "# only the dead letters of the messages it rejects.",
+        "user ingest",
+        f"topic read {p}/+/+/+/telemetry",
+        f"topic write {p}/{DEADLETTER_TOPIC_LEVEL}/#",
+        "",
+        "# analytics reads telemetry and publisher status and is the only one to publish anomaly events.",
+        "user analytics",
+        f"topic read {p}/+/+/+/telemetry",
+        f"topic read {p}/+/+/+/status",
+        f"topic write {p}/+/+/+/event",
+        "",
+        "# alerts turns events into alerts: it reads events and is the only one to publish alert state.",
+        "user alerts",
+        f"topic read {p}/+/+/+/event",
+        f"topic readwrite {p}/+/+/+/alert",
+        "",
+        "# recorder (smartmine record, dashboards' live views) reads everything and publishes nothing.",
+        "user recorder",
+        f"topic read {p}/#",
+    ]
+    for site in catalog.site_ids():
+        lines += [
+            "",
+            f"# {site}'s gateway / simulator: this site's telemetry and status (its last will) only.",
+            f"user {simulator_user(site)}",
+            f"topic write {p}/{site}/+/+/telemetry",
+            f"topic write {p}/{site}/+/+/status",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """A Mosquitto password file for ``users`` (name -> password), hashed by ``mosquitto_passwd``.
+
+    The password goes to ``mosquitto_passwd -b`` as an argument of a short-lived child; it is never
+    written to disk in clear and never logged.
+    """
+    binary = find_binary("mosquitto_passwd", "mosquitto")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    path.chmod(0o600)
+    for name, password in users.items():
+        if not name or ":" in name or not password:
+            raise ValueError(f"broker user {name!r}: a name without ':' and a non-empty password are required")
+        proc = subprocess.run([binary, "-b", str(path), name, password], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise ServiceError(f"mosquitto_passwd failed for user {name!r}: {proc.stderr.strip() or proc.stdout}")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files: a certificate, its private key and the CA certificate that signed it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def _openssl(*args: str) -> None:
+    proc = subprocess.run([find_binary("openssl", "openssl"), *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ServiceError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
+
+
+def make_ca(directory: Path, name: str = "smartmine test CA", days: int = 30) -> TlsFiles:
+    """A self-signed CA (EC P-256) in ``directory``: ``ca.pem`` and ``ca.key``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", str(days), "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    key.chmod(0o600)
+    return TlsFiles(cert=cert, key=key, ca=cert)
+
+
+def issue_certificate(ca: TlsFiles, directory: Path, hosts: Iterable[str] = ("localhost", "127.0.0.1"),
+                      name: str = "server", days: int = 30) -> TlsFiles:
+    """A server certificate for ``hosts`` (DNS names or IP addresses) signed by ``ca``."""
+    import ipaddress
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key, csr = directory / f"{name}.pem", directory / f"{name}.key", directory / f"{name}.csr"
+    host_list = list(hosts)
+    alt = []
+    for host in host_list:
+        try:
+            ipaddress.ip_address(host)
+            alt.append(f"IP:{host}")
+        except ValueError:
+            alt.append(f"DNS:{host}")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+             "-out", str(csr), "-subj", f"/CN={host_list[0]}")
+    with tempfile.NamedTemporaryFile("w", suffix=".ext", dir=directory, delete=False) as ext:
+        ext.write(f"subjectAltName={','.join(alt)}\nextendedKeyUsage=serverAuth\n"
+                  "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n")
+    try:
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
+                 "-out", str(cert), "-days", str(days), "-extfile", ext.name)
+    finally:
+        Path(ext.name).unlink(missing_ok=True)
+        csr.unlink(missing_ok=True)
+    key.chmod(0o600)
+    return TlsFiles(cert=cert, key=key, ca=ca.cert)

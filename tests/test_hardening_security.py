@@ -1,0 +1,331 @@
+"""Who may do what: a locked-down Mosquitto (passwords, the catalog's ACL, TLS) and InfluxDB with auth on.
+
+Every test runs against the real Debian binaries. Passwords are made up per run (never in the repo);
+the CA and server certificate are made per run with the openssl command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import queue
+import re
+import secrets
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from smartmine.catalog import load_catalog
+from smartmine.config import MqttUrl, load_settings, parse_mqtt_url
+from smartmine.influx import Auth, InfluxClient, InfluxError
+from smartmine.mqtt import make_client
+from smartmine.security import (
+    TlsFiles,
+    broker_acl,
+    issue_certificate,
+    make_ca,
+    simulator_user,
+    write_password_file,
+)
+from smartmine.services import Influxd, Mosquitto, free_port, port_in_use, wait_for
+from smartmine.wire import encode_telemetry, topic
+
+REPO = Path(__file__).resolve().parents[1]
+PREFIX = "smartmine"
+MINE, STEEL = "yanshan_mine", "jinggang_steel"
+USERS = (simulator_user(MINE), simulator_user(STEEL), "ingest", "analytics", "alerts", "recorder")
+
+
+@dataclass
+class SecureBroker:
+    broker: Mosquitto
+    passwords: dict[str, str]
+    ca: TlsFiles
+
+    def url(self, user: str | None, password: str | None = None) -> MqttUrl:
+        base = parse_mqtt_url(self.broker.url)
+        if user is not None and password is None:
+            password = self.passwords[user]
+        return MqttUrl(base.host, base.port, base.tls, user, password)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    d = tmp_path_factory.mktemp("pki")
+    return issue_certificate(make_ca(d / "ca"), d / "server")
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory, pki: TlsFiles) -> Iterator[SecureBroker]:
+    """TLS only, a password per user, the ACL generated from the built-in catalog."""
+    d = tmp_path_factory.mktemp("secure_mosquitto")
+    acl = d / "acl"
+    acl.write_text(broker_acl(load_catalog(None), PREFIX))
+    passwords = {user: secrets.token_urlsafe(12) for user in USERS}
+    broker = Mosquitto(d / "broker", users=passwords, acl_file=acl, tls=pki, message_size_limit=65536)
+    broker.start()
+    yield SecureBroker(broker, passwords, pki)
+    broker.stop()
+
+
+class Session:
+    """A connected client that records what happens to it (connect result, deliveries, acks)."""
+
+    def __init__(self, url: MqttUrl, ca: Path | None, client_id: str) -> None:
+        self.events: queue.Queue[tuple[str, object]] = queue.Queue()
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.client = make_client(url, client_id, ca_file=ca)
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.events.put(("connect", rc))
+        self.client.on_subscribe = lambda _c, _u, _m, rcs, _p: self.events.put(("subscribe", rcs))
+        self.client.on_publish = lambda _c, _u, _m, rc, _p: self.events.put(("publish", rc))
+        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
+        self.client.connect(url.host, url.port)
+        self.client.loop_start()
+
+    def expect(self, kind: str, timeout_s: float = 10.0) -> object:
+        while True:
+            got, value = self.events.get(timeout=timeout_s)
+            if got == kind:
+                return value
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def connect(sb: SecureBroker, user: str, client_id: str) -> Session:
+    s = Session(sb.url(user), sb.ca.ca, client_id)
+    rc = s.expect("connect")
+    assert not rc.is_failure, f"{user} could not connect: {rc}"  # type: ignore[attr-defined]
+    return s
+
+
+def subscribe(s: Session, *filters: str) -> None:
+    for f in filters:
+        s.client.subscribe(f, qos=1)
+        s.expect("subscribe")
+
+
+def received(s: Session, settle_s: float = 1.0) -> set[str]:
+    """Topics delivered to ``s``, waiting ``settle_s`` after the last one."""
+    topics = set()
+    try:
+        while True:
+            topics.add(s.messages.get(timeout=settle_s).topic)
+    except queue.Empty:
+        return topics
+
+
+SAMPLE = encode_telemetry(datetime(2026, 11, 27, 8, 0, tzinfo=UTC), 1, {"ch4_pct": 0.4})
+
+
+def test_shipped_acl_is_the_catalogs() -> None:
+    """deploy/mosquitto/acl is what `smartmine security acl` makes from the built-in catalog."""
+    assert (REPO / "deploy/mosquitto/acl").read_text() == broker_acl(load_catalog(None), PREFIX)
+    proc = subprocess.run([sys.executable, "-m", "smartmine.cli", "security", "acl", "--prefix", PREFIX],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout == (REPO / "deploy/mosquitto/acl").read_text()
+
+
+def test_shipped_mosquitto_conf_starts(tmp_path: Path, pki: TlsFiles) -> None:
+    """The production broker config is valid for this Mosquitto: it starts, refuses anonymous, serves TLS."""
+    plain, tls = free_port(), free_port()
+    text = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
+    for container_path, here in (("/mosquitto/config/", f"{tmp_path}/"), ("/mosquitto/data/", f"{tmp_path}/"),
+                                 ("/mosquitto/certs/server.pem", str(pki.cert)),
+                                 ("/mosquitto/certs/server.key", str(pki.key)),
+                                 ("listener 1883", f"listener {plain} 127.0.0.1"),
+                                 ("listener 8883", f"listener {tls} 127.0.0.1")):
+        assert container_path in text
+        text = text.replace(container_path, here)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"user {pwd.getpwuid(os.getuid()).pw_name}\n{text}")  # as in Mosquitto(): keep our user
+    (tmp_path / "acl").write_text(broker_acl(load_catalog(None), PREFIX))
+    password = secrets.token_urlsafe(12)
+    write_password_file(tmp_path / "passwd", {"recorder": password})
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: port_in_use(tls) and port_in_use(plain), 10, "shipped mosquitto.conf")
+        for port, use_tls, user in ((tls, True, "recorder"), (plain, False, "recorder"), (plain, False, None)):
+            s = Session(MqttUrl("127.0.0.1", port, use_tls, user, password if user else None), pki.ca, "conf")
+            assert s.expect("connect").is_failure == (user is None)  # type: ignore[attr-defined]
+            s.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_wrong_password_and_anonymous_are_refused(secure_broker: SecureBroker) -> None:
+    for user, password in (("ingest", "not-the-password"), ("nobody", "x"), (None, None)):
+        s = Session(secure_broker.url(user, password), secure_broker.ca.ca, f"intruder-{user}")
+        try:
+            rc = s.expect("connect")
+            assert rc.is_failure and "authori" in str(rc).lower(), (user, str(rc))  # type: ignore[attr-defined]
+        finally:
+            s.close()
+
+
+def test_acl_lets_each_user_do_only_its_job(secure_broker: SecureBroker) -> None:
+    ingest = connect(secure_broker, "ingest", "acl-ingest")
+    alerts = connect(secure_broker, "alerts", "acl-alerts")
+    recorder = connect(secure_broker, "recorder", "acl-recorder")
+    mine = connect(secure_broker, simulator_user(MINE), "acl-sim-mine")
+    analytics = connect(secure_broker, "analytics", "acl-analytics")
+    try:
+        subscribe(ingest, f"$share/smartmine-ingest/{PREFIX}/+/+/+/telemetry", f"{PREFIX}/+/+/+/event")
+        subscribe(alerts, f"{PREFIX}/+/+/+/event", f"{PREFIX}/+/+/+/telemetry")
+        subscribe(recorder, f"{PREFIX}/#")
+
+        own = topic(MINE, "face_1203", "gas_face_1203", prefix=PREFIX)
+        others = topic(STEEL, "ironmaking", "blast_furnace_1", prefix=PREFIX)
+        attempts = [
+            (mine, own),                                                   # allowed
+            (mine, topic(MINE, "face_1203", "gas_face_1203", "status", PREFIX)),  # allowed (its last will)
+            (mine, others),                                                # another site's telemetry
+            (mine, topic(MINE, "face_1203", "gas_face_1203", "event", PREFIX)),   # a forged anomaly
+            (mine, topic(MINE, "face_1203", "gas_face_1203", "alert", PREFIX)),   # a forged alert
+            (ingest, own),                                                 # ingest only reads
+            (analytics, topic(MINE, "face_1203", "gas_face_1203", "event", PREFIX)),  # allowed
+            (analytics, topic(MINE, "face_1203", "gas_face_1203", "alert", PREFIX)),  # alerts' job
+            (recorder, own),                                               # read-only
+        ]
+        for session, name in attempts:
+            session.client.publish(name, SAMPLE, qos=1).wait_for_publish(10)
+
+        allowed = {own, topic(MINE, "face_1203", "gas_face_1203", "status", PREFIX),
+                   topic(MINE, "face_1203", "gas_face_1203", "event", PREFIX)}
+        assert received(recorder) == allowed
+        # ingest gets the telemetry it may read and nothing else, even though it subscribed to events.
+        assert received(ingest, 0.3) == {own}
+        # alerts reads events, never telemetry.
+        assert received(alerts, 0.3) == {topic(MINE, "face_1203", "gas_face_1203", "event", PREFIX)}
+    finally:
+        for s in (ingest, alerts, recorder, mine, analytics):
+            s.close()
+
+
+def test_tls_round_trip_over_mqtts(secure_broker: SecureBroker) -> None:
+    assert secure_broker.broker.url.startswith("mqtts://")
+    sub = connect(secure_broker, "recorder", "tls-recorder")
+    pub = connect(secure_broker, simulator_user(STEEL), "tls-sim")
+    try:
+        subscribe(sub, f"{PREFIX}/{STEEL}/#")
+        name = topic(STEEL, "ironmaking", "blast_furnace_1", prefix=PREFIX)
+        pub.client.publish(name, SAMPLE, qos=1).wait_for_publish(10)
+        msg = sub.messages.get(timeout=10)
+        assert (msg.topic, bytes(msg.payload)) == (name, SAMPLE)
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_broker_with_a_certificate_from_another_ca_is_refused(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    other_ca = make_ca(tmp_path / "other", name="someone else's CA")
+    url = secure_broker.url("recorder")
+    client = make_client(url, "tls-wrong-ca", ca_file=other_ca.cert)
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+        client.connect(url.host, url.port)
+    # Without a CA file the system store is used, which does not know the test CA either.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        make_client(url, "tls-no-ca").connect(url.host, url.port)
+
+
+def test_plain_mqtt_to_the_tls_port_gets_nowhere(secure_broker: SecureBroker) -> None:
+    url = secure_broker.url("recorder")
+    s = Session(MqttUrl(url.host, url.port, False, url.username, url.password), None, "tls-plain")
+    try:
+        with pytest.raises(queue.Empty):
+            s.expect("connect", timeout_s=2.0)
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def secure_influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
+    server = Influxd(tmp_path_factory.mktemp("secure_influxd"), admin=("admin", secrets.token_urlsafe(12)))
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_influxdb_with_auth_on(secure_influxd: Influxd) -> None:
+    assert secure_influxd.admin is not None
+    admin = InfluxClient(secure_influxd.url, "plant", auth=Auth(username=secure_influxd.admin[0],
+                                                                password=secure_influxd.admin[1]))
+    admin.create_database()
+    writer_password = secrets.token_urlsafe(12)
+    secure_influxd.create_user("ingest", writer_password, "plant", "WRITE")
+    line = "gas_monitor,area=a,equipment=e,site=s ch4_pct=0.4,seq=1i 1795766400000000000"
+
+    with pytest.raises(InfluxError) as anonymous:
+        InfluxClient(secure_influxd.url, "plant").write_lines([line])
+    assert anonymous.value.status == 401
+    with pytest.raises(InfluxError) as wrong:
+        InfluxClient(secure_influxd.url, "plant", auth=Auth(username="ingest", password="guess")).write_lines([line])
+    assert wrong.value.status == 401
+
+    writer = InfluxClient(secure_influxd.url, "plant", auth=Auth(username="ingest", password=writer_password))
+    writer.write_lines([line])
+    with pytest.raises(InfluxError) as read:  # a writer cannot read back
+        writer.query("SELECT * FROM gas_monitor")
+    assert read.value.status == 403
+    assert admin.query("SELECT count(seq) FROM gas_monitor")[0]["series"][0]["values"][0][1] == 1
+
+    # After a restart the admin still works (creating it again is harmless).
+    secure_influxd.stop()
+    secure_influxd.start()
+    assert admin.query("SELECT count(seq) FROM gas_monitor")[0]["series"][0]["values"][0][1] == 1
+
+
+def test_settings_carry_influx_credentials(secure_influxd: Influxd, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert secure_influxd.admin is not None
+    monkeypatch.setenv("SMARTMINE_INFLUX_URL", secure_influxd.url)
+    monkeypatch.setenv("SMARTMINE_INFLUX_DB", "plant")
+    monkeypatch.setenv("SMARTMINE_INFLUX_USER", secure_influxd.admin[0])
+    monkeypatch.setenv("SMARTMINE_INFLUX_PASSWORD", secure_influxd.admin[1])
+    client = InfluxClient.from_settings(load_settings())
+    client.create_database()
+    assert client.query("SHOW MEASUREMENTS") is not None
+
+
+def test_config_show_never_prints_a_secret(tmp_path: Path) -> None:
+    secret = {"SMARTMINE_MQTT_PASSWORD": "mqtt-" + secrets.token_hex(8),
+              "SMARTMINE_INFLUX_PASSWORD": "influx-" + secrets.token_hex(8),
+              "SMARTMINE_INFLUX_TOKEN": "token-" + secrets.token_hex(8)}
+    url_password = "url-" + secrets.token_hex(8)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTMINE_")}
+    env.update(secret, SMARTMINE_MQTT_URL=f"mqtts://ingest:{url_password}@broker:8883",
+               SMARTMINE_INFLUX_URL=f"https://admin:{url_password}@influx:8086", SMARTMINE_DATA_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "smartmine.cli", "-v", "config", "show"], capture_output=True,
+                          text=True, env=env, check=True)
+    shown = json.loads(proc.stdout)
+    assert shown["mqtt_url"] == "mqtts://ingest:****@broker:8883"
+    assert shown["mqtt_password"] == shown["influx_password"] == shown["influx_token"] == "****"
+    for value in [*secret.values(), url_password]:
+        assert value not in proc.stdout + proc.stderr
+
+
+def test_no_secret_is_committed() -> None:
+    """No private key, password file or credential-bearing URL is tracked in git."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    leaks = []
+    pattern = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\$7\$\d+\$|[a-z]+s?://[^/\s:@'\"\[]+:[^/\s@'\"*{]+@")
+    for name in files:
+        path = REPO / name
+        if not path.is_file() or path.suffix in (".png", ".parquet", ".gz"):
+            continue
+        text = path.read_text(errors="replace")
+        for m in pattern.finditer(text):
+            leaks.append(f"{name}: {m.group(0)[:40]}")
+    allowed = {"tests/test_config.py", "tests/test_hardening_security.py"}  # made-up example URLs in tests
+    assert [leak for leak in leaks if leak.split(":")[0] not in allowed] == []
