@@ -24,8 +24,10 @@ CHANNELS = ("telemetry", "status", "event", "alert")
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "telemetry-v1.schema.json"
 MAX_READINGS = 1024
 
-_SEGMENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
+# Matched with fullmatch: with re.match, "$" would also accept a trailing newline ("site\n").
+ID_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_SEGMENT = ID_RE
+_PREFIX = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
 
 Quality = Literal["good", "uncertain", "bad"]
 Severity = Literal["info", "warning", "critical", "emergency"]
@@ -53,7 +55,7 @@ def topic(site: str, area: str, equipment: str, channel: str = "telemetry", pref
     """Build a topic, refusing segments that would break the scheme (``/``, ``+``, ``#``, empty...)."""
     check_prefix(prefix)
     for name, value in (("site", site), ("area", area), ("equipment", equipment)):
-        if not _SEGMENT.match(value):
+        if not _SEGMENT.fullmatch(value):
             raise WireError(f"{name} {value!r} is not a valid topic segment (lowercase letters, digits, _)")
     if channel not in CHANNELS:
         raise WireError(f"unknown channel {channel!r} (known: {', '.join(CHANNELS)})")
@@ -67,7 +69,7 @@ def subscription(channel: str = "telemetry", prefix: str = DEFAULT_PREFIX, site:
 
 
 def check_prefix(prefix: str) -> str:
-    if not _PREFIX.match(prefix):
+    if not _PREFIX.fullmatch(prefix):
         raise WireError(f"topic prefix {prefix!r} is invalid (letters, digits, _ and -, levels split by /)")
     return prefix
 
@@ -82,7 +84,7 @@ def parse_topic(name: str, prefix: str = DEFAULT_PREFIX) -> Topic:
                         "(site/area/equipment/channel)")
     site, area, equipment, channel = parts
     for what, value in (("site", site), ("area", area), ("equipment", equipment)):
-        if not _SEGMENT.match(value):
+        if not _SEGMENT.fullmatch(value):
             raise WireError(f"topic {name!r}: {what} {value!r} is not a valid id")
     if channel not in CHANNELS:
         raise WireError(f"topic {name!r}: unknown channel {channel!r}")
@@ -113,7 +115,7 @@ class TelemetryPayload(BaseModel):
     readings: dict[SensorId, float | Reading] = Field(
         min_length=1, max_length=MAX_READINGS,
         description="Sensor id -> value, or {value, quality}",
-        json_schema_extra={"propertyNames": {"pattern": _SEGMENT.pattern}})
+        json_schema_extra={"propertyNames": {"pattern": f"^{_SEGMENT.pattern}$"}})
 
     def values(self) -> dict[str, tuple[float, str]]:
         """Readings as ``sensor -> (value, quality)``."""
@@ -133,7 +135,10 @@ def parse_telemetry(raw: bytes | str) -> TelemetryPayload:
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise WireError(f"{where}: {err['msg']}{more}") from None
     if payload.ts.utcoffset() != UTC.utcoffset(None):
-        payload = payload.model_copy(update={"ts": payload.ts.astimezone(UTC)})
+        try:
+            payload = payload.model_copy(update={"ts": payload.ts.astimezone(UTC)})
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+            raise WireError(f"ts: {payload.ts.isoformat()} is out of range in UTC") from None
     return payload
 
 
