@@ -1,9 +1,10 @@
 """Who may do what on the broker, and the key material to prove who is who.
 
 - :func:`broker_acl` turns the catalog into a Mosquitto ACL: each site's simulator (gateway) may publish only
-  that site's ``telemetry`` and ``status`` topics; ``ingest`` may only read telemetry; only ``analytics``
-  may publish anomaly events and only ``alerts`` alert state. ``deploy/mosquitto/acl`` is this output for
-  the built-in catalog (``smartmine security acl`` regenerates it; a test keeps the two identical).
+  that site's ``telemetry`` and ``status`` topics; ``ingest`` may only read telemetry (and publish its dead
+  letters); only ``analytics`` may publish anomaly events and only ``alerts`` alert state; ``ops`` reads.
+  ``deploy/mosquitto/acl`` is this output for the built-in catalog (``smartmine security acl`` regenerates
+  it; a test keeps the two identical).
 - :func:`write_password_file` hashes passwords with Mosquitto's own ``mosquitto_passwd``.
 - :func:`make_ca` / :func:`issue_certificate` make a private CA and a server certificate with the
   ``openssl`` command line, for tests and for a first local TLS set-up (production uses the site's PKI).
@@ -26,9 +27,12 @@ from smartmine.wire import DEFAULT_PREFIX, check_prefix
 
 __all__ = [
     "DEADLETTER_TOPIC_LEVEL",
+    "OPS_REPLY",
+    "OPS_REQUEST",
     "SERVICE_USERS",
     "TlsFiles",
     "broker_acl",
+    "broker_users",
     "issue_certificate",
     "make_ca",
     "simulator_user",
@@ -37,9 +41,12 @@ __all__ = [
 
 # Ingest republishes every rejected message under <prefix>/<this>/... for whoever investigates bad input.
 DEADLETTER_TOPIC_LEVEL = "deadletter"
+# The alerts service's command topics (alerts/commands.py): "_ops" can never be a site id.
+OPS_REQUEST = "_ops/alerts/request"
+OPS_REPLY = "_ops/alerts/reply"
 
-# The broker users of the pipeline's own services (the simulators have one user per site: simulator_user).
-SERVICE_USERS = ("ingest", "analytics", "alerts", "recorder")
+# The broker users of the pipeline's own services and of people (the gateways have one user per site).
+SERVICE_USERS = ("ingest", "analytics", "alerts", "ops")
 
 
 def simulator_user(site: str) -> str:
@@ -47,17 +54,21 @@ def simulator_user(site: str) -> str:
     return f"sim_{site}"
 
 
+def broker_users(catalog: Catalog) -> list[str]:
+    """Every broker user the ACL names: the services, ops, and one gateway user per site."""
+    return [*SERVICE_USERS, *(simulator_user(site) for site in catalog.site_ids())]
+
+
 def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
     """The Mosquitto ACL file for ``catalog``'s sites under topic ``prefix`` (deny by default)."""
     p = check_prefix(prefix)
     lines = [
-        "# Mosquitto ACL for smartmine, generated from the catalog by `smartmine security acl`. Do not edit:",
-        "# regenerate it after adding a site. Anything not granted here is denied: the broker drops a",
-        "# publish to a topic the user may not write and never delivers a message the user may not read.",
-        "# Passwords live in a separate password file made with mosquitto_passwd (docs/security.md).",
+        "# Who may read and write which topics. Topic scheme: <prefix>/<site>/<area>/<equipment>/<channel>.",
+        "# Generated from the catalog by `smartmine security acl`; do not edit, regenerate it after adding a",
+        "# site. Anything not granted is denied: the broker drops a publish to a topic the user may not write",
+        "# and never delivers a message the user may not read. Passwords: deploy/mosquitto/entrypoint.sh.",
         "",
-        "# ingest reads every site's telemetry (through its shared subscription) and may publish",
-        "# only the dead letters of the messages it rejects.",
+        "# ingest reads every site's telemetry and publishes only the dead letters of what it rejects.",
         "user ingest",
         f"topic read {p}/+/+/+/telemetry",
         f"topic write {p}/{DEADLETTER_TOPIC_LEVEL}/#",
@@ -66,21 +77,26 @@ def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
         "user analytics",
         f"topic read {p}/+/+/+/telemetry",
         f"topic read {p}/+/+/+/status",
-        f"topic write {p}/+/+/+/event",
+        f"topic readwrite {p}/+/+/+/event",
         "",
-        "# alerts turns events into alerts: it reads events and is the only one to publish alert state.",
+        "# alerts: events in, retained alert state out (only alerts publishes it), ops commands in and replies out.",
+        "# It may also send itself a command: that is its container's healthcheck.",
         "user alerts",
         f"topic read {p}/+/+/+/event",
         f"topic readwrite {p}/+/+/+/alert",
+        f"topic readwrite {p}/{OPS_REQUEST}",
+        f"topic readwrite {p}/{OPS_REPLY}/#",
         "",
-        "# recorder (smartmine record, dashboards' live views) reads everything and publishes nothing.",
-        "user recorder",
+        "# ops at a terminal (smartmine alerts, smartmine record): see everything, act only through alerts.",
+        "user ops",
         f"topic read {p}/#",
+        f"topic write {p}/{OPS_REQUEST}",
+        "topic read $SYS/#",
     ]
     for site in catalog.site_ids():
         lines += [
             "",
-            f"# {site}'s gateway / simulator: this site's telemetry and status (its last will) only.",
+            f"# {site}'s gateway or simulator: this site's telemetry and status (its last will), nothing else.",
             f"user {simulator_user(site)}",
             f"topic write {p}/{site}/+/+/telemetry",
             f"topic write {p}/{site}/+/+/status",

@@ -25,7 +25,7 @@ from smartmine.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-OUR_SERVICES = ("dashboards", "ingest", "analytics", "alerts", "simulators")
+OUR_SERVICES = ("dashboards", "ingest", "analytics", "alerts", "sim-yanshan-mine", "sim-jinggang-steel")
 
 
 @pytest.fixture(scope="module")

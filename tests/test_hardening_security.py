@@ -30,10 +30,10 @@ from smartmine.mqtt import make_client
 from smartmine.security import (
     TlsFiles,
     broker_acl,
+    broker_users,
     issue_certificate,
     make_ca,
     simulator_user,
-    write_password_file,
 )
 from smartmine.services import Influxd, Mosquitto, free_port, port_in_use, wait_for
 from smartmine.wire import encode_telemetry, topic
@@ -41,7 +41,7 @@ from smartmine.wire import encode_telemetry, topic
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "smartmine"
 MINE, STEEL = "yanshan_mine", "jinggang_steel"
-USERS = (simulator_user(MINE), simulator_user(STEEL), "ingest", "analytics", "alerts", "recorder")
+USERS = (simulator_user(MINE), simulator_user(STEEL), "ingest", "analytics", "alerts", "ops")
 
 
 @dataclass
@@ -135,10 +135,37 @@ def test_shipped_acl_is_the_catalogs() -> None:
     assert proc.stdout == (REPO / "deploy/mosquitto/acl").read_text()
 
 
+def test_compose_gives_every_broker_user_a_password_and_each_stage_its_own_user() -> None:
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    passwords = {k.removeprefix("MQTT_PASSWORD_").lower() for k in services["mosquitto"]["environment"]
+                 if k.startswith("MQTT_PASSWORD_")}
+    assert passwords == set(broker_users(load_catalog(None)))
+    users = {name: s["environment"]["SMARTMINE_MQTT_USERNAME"] for name, s in services.items()
+             if isinstance(s.get("environment"), dict) and "SMARTMINE_MQTT_USERNAME" in s["environment"]}
+    assert users["ingest"] == "ingest" and users["analytics"] == "analytics" and users["alerts"] == "alerts"
+    for site in load_catalog(None).site_ids():
+        sims = [name for name, user in users.items() if user == simulator_user(site)]
+        assert len(sims) == 1 and site in services[sims[0]]["command"], site
+
+
+def test_the_acl_knows_the_alerts_command_topics() -> None:
+    from alerts.commands import reply_topic, request_topic
+
+    acl = broker_acl(load_catalog(None), PREFIX)
+    assert f"topic readwrite {request_topic(PREFIX)}" in acl and f"topic write {request_topic(PREFIX)}" in acl
+    assert f"topic readwrite {reply_topic(PREFIX, 'x').rsplit('/', 1)[0]}/#" in acl
+
+
 def test_shipped_mosquitto_conf_starts(tmp_path: Path, pki: TlsFiles) -> None:
-    """The production broker config is valid for this Mosquitto: it starts, refuses anonymous, serves TLS."""
+    """The production broker set-up works with this Mosquitto: the entrypoint makes the password file, the
+    config starts, refuses anonymous clients, lets ops in on plain MQTT and on TLS once that is enabled."""
     plain, tls = free_port(), free_port()
     text = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
+    text = "\n".join(line[1:] if line.startswith(("#listener", "#certfile", "#keyfile", "#tls_version")) else line
+                     for line in text.splitlines())  # the TLS block, as an operator enables it
     for container_path, here in (("/mosquitto/config/", f"{tmp_path}/"), ("/mosquitto/data/", f"{tmp_path}/"),
                                  ("/mosquitto/certs/server.pem", str(pki.cert)),
                                  ("/mosquitto/certs/server.key", str(pki.key)),
@@ -150,11 +177,14 @@ def test_shipped_mosquitto_conf_starts(tmp_path: Path, pki: TlsFiles) -> None:
     conf.write_text(f"user {pwd.getpwuid(os.getuid()).pw_name}\n{text}")  # as in Mosquitto(): keep our user
     (tmp_path / "acl").write_text(broker_acl(load_catalog(None), PREFIX))
     password = secrets.token_urlsafe(12)
-    write_password_file(tmp_path / "passwd", {"recorder": password})
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Started as the container starts it: the entrypoint makes the password file from MQTT_PASSWORD_<USER>.
+    env = {"PATH": os.environ["PATH"], "MQTT_PASSWORD_OPS": password, "MOSQUITTO_CONFIG_FILE": str(conf),
+           "MOSQUITTO_PASSWORD_FILE": f"{tmp_path}/passwd"}
+    proc = subprocess.Popen(["sh", str(REPO / "deploy/mosquitto/entrypoint.sh")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: port_in_use(tls) and port_in_use(plain), 10, "shipped mosquitto.conf")
-        for port, use_tls, user in ((tls, True, "recorder"), (plain, False, "recorder"), (plain, False, None)):
+        for port, use_tls, user in ((tls, True, "ops"), (plain, False, "ops"), (plain, False, None)):
             s = Session(MqttUrl("127.0.0.1", port, use_tls, user, password if user else None), pki.ca, "conf")
             assert s.expect("connect").is_failure == (user is None)  # type: ignore[attr-defined]
             s.close()
@@ -176,13 +206,13 @@ def test_wrong_password_and_anonymous_are_refused(secure_broker: SecureBroker) -
 def test_acl_lets_each_user_do_only_its_job(secure_broker: SecureBroker) -> None:
     ingest = connect(secure_broker, "ingest", "acl-ingest")
     alerts = connect(secure_broker, "alerts", "acl-alerts")
-    recorder = connect(secure_broker, "recorder", "acl-recorder")
+    ops = connect(secure_broker, "ops", "acl-ops")
     mine = connect(secure_broker, simulator_user(MINE), "acl-sim-mine")
     analytics = connect(secure_broker, "analytics", "acl-analytics")
     try:
         subscribe(ingest, f"$share/smartmine-ingest/{PREFIX}/+/+/+/telemetry", f"{PREFIX}/+/+/+/event")
         subscribe(alerts, f"{PREFIX}/+/+/+/event", f"{PREFIX}/+/+/+/telemetry")
-        subscribe(recorder, f"{PREFIX}/#")
+        subscribe(ops, f"{PREFIX}/#")
 
         own = topic(MINE, "face_1203", "gas_face_1203", prefix=PREFIX)
         others = topic(STEEL, "ironmaking", "blast_furnace_1", prefix=PREFIX)
@@ -195,26 +225,26 @@ def test_acl_lets_each_user_do_only_its_job(secure_broker: SecureBroker) -> None
             (ingest, own),                                                 # ingest only reads
             (analytics, topic(MINE, "face_1203", "gas_face_1203", "event", PREFIX)),  # allowed
             (analytics, topic(MINE, "face_1203", "gas_face_1203", "alert", PREFIX)),  # alerts' job
-            (recorder, own),                                               # read-only
+            (ops, own),                                                    # ops only reads
         ]
         for session, name in attempts:
             session.client.publish(name, SAMPLE, qos=1).wait_for_publish(10)
 
         allowed = {own, topic(MINE, "face_1203", "gas_face_1203", "status", PREFIX),
                    topic(MINE, "face_1203", "gas_face_1203", "event", PREFIX)}
-        assert received(recorder) == allowed
+        assert received(ops) == allowed
         # ingest gets the telemetry it may read and nothing else, even though it subscribed to events.
         assert received(ingest, 0.3) == {own}
         # alerts reads events, never telemetry.
         assert received(alerts, 0.3) == {topic(MINE, "face_1203", "gas_face_1203", "event", PREFIX)}
     finally:
-        for s in (ingest, alerts, recorder, mine, analytics):
+        for s in (ingest, alerts, ops, mine, analytics):
             s.close()
 
 
 def test_tls_round_trip_over_mqtts(secure_broker: SecureBroker) -> None:
     assert secure_broker.broker.url.startswith("mqtts://")
-    sub = connect(secure_broker, "recorder", "tls-recorder")
+    sub = connect(secure_broker, "ops", "tls-ops")
     pub = connect(secure_broker, simulator_user(STEEL), "tls-sim")
     try:
         subscribe(sub, f"{PREFIX}/{STEEL}/#")
@@ -229,7 +259,7 @@ def test_tls_round_trip_over_mqtts(secure_broker: SecureBroker) -> None:
 
 def test_broker_with_a_certificate_from_another_ca_is_refused(secure_broker: SecureBroker, tmp_path: Path) -> None:
     other_ca = make_ca(tmp_path / "other", name="someone else's CA")
-    url = secure_broker.url("recorder")
+    url = secure_broker.url("ops")
     client = make_client(url, "tls-wrong-ca", ca_file=other_ca.cert)
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
         client.connect(url.host, url.port)
@@ -239,7 +269,7 @@ def test_broker_with_a_certificate_from_another_ca_is_refused(secure_broker: Sec
 
 
 def test_plain_mqtt_to_the_tls_port_gets_nowhere(secure_broker: SecureBroker) -> None:
-    url = secure_broker.url("recorder")
+    url = secure_broker.url("ops")
     s = Session(MqttUrl(url.host, url.port, False, url.username, url.password), None, "tls-plain")
     try:
         with pytest.raises(queue.Empty):
