@@ -113,15 +113,20 @@ def replay(source: Source, sink: Sink, *, speed: float | None = None, rebase_to_
            on_progress: Callable[[int], None] | None = None,
            should_stop: Callable[[], bool] = lambda: False) -> ReplayStats:
     """Replay ``source`` into ``sink`` and close the sink (also when reading fails half-way: what was read
-    before the failure is delivered). ``speed`` None: as fast as possible. ``rebase_to_ns``: shift all times so
-    the first selected message lands at that instant. ``loops`` None: until ``should_stop``; each pass after the
-    first is shifted by the span of one pass, so timestamps keep increasing."""
+    before the failure is delivered). ``speed`` None: as fast as possible. ``rebase_to_ns``: the replay's start
+    (now); every time is shifted by one constant (:func:`rebase_shift`) so that no message carries a time later
+    than the moment it is sent. ``loops`` None: until ``should_stop``; each pass after the first is shifted by the
+    span of one pass, so timestamps keep increasing."""
     sel = selection or Selection()
     stats = ReplayStats()
     pacer = Pacer(speed) if speed is not None else None
     started = time.perf_counter()
     period_ns = 0
-    base_shift: int | None = None if rebase_to_ns is not None else 0
+    base_shift: int | None = 0
+    if rebase_to_ns is not None:
+        bounds = source.time_bounds(sel.start_ns, sel.end_ns)
+        base_shift = None if bounds is None else rebase_shift(rebase_to_ns, *bounds, speed)
+        stats.shift_ns = base_shift or 0
     try:
         loop = 0
         while loops is None or loop < loops:
@@ -150,6 +155,16 @@ def replay(source: Source, sink: Sink, *, speed: float | None = None, rebase_to_
     return stats
 
 
+def rebase_shift(start_ns: int, first_ns: int, last_ns: int, speed: float | None) -> int:
+    """The constant added to every time so the replay reads as live: at ``speed`` 1 or faster (max: all at
+    once) the last message carries the time it is sent at and every earlier one an earlier time; slower than 1,
+    the first message carries the start. Never a sample from the future: ingest would refuse it."""
+    if speed is not None and speed < 1:
+        return start_ns - first_ns
+    replay_ns = 0 if speed is None else int((last_ns - first_ns) / speed)
+    return start_ns + replay_ns - last_ns
+
+
 def _one_pass(source: Source, sink: Sink, sel: Selection, pacer: Pacer | None, stats: ReplayStats,
               base_shift: int | None, rebase_to_ns: int | None, shift_loop: int,
               on_progress: Callable[[int], None] | None,
@@ -164,7 +179,7 @@ def _one_pass(source: Source, sink: Sink, sel: Selection, pacer: Pacer | None, s
             continue
         earliest, latest = chunk.time_range(index)
         if base_shift is None:
-            assert rebase_to_ns is not None
+            assert rebase_to_ns is not None  # bounds unknown: the first message lands at the start
             base_shift = stats.shift_ns = rebase_to_ns - chunk.time_ns[index[0]]
         if first is None:
             first = earliest

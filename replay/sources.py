@@ -38,6 +38,10 @@ class Source:
         """How the input was made (a recording's manifest ``meta``), if it says."""
         return None
 
+    def time_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
+        """Earliest and latest time of the messages in [start, end), as far as known without replaying."""
+        return None
+
     def chunks(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[Chunk]:
         raise NotImplementedError
 
@@ -57,6 +61,15 @@ class RecordingSource(Source):
     @property
     def meta(self) -> dict[str, object] | None:
         return self.reader.manifest.meta if self.reader.manifest else None
+
+    def time_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
+        chunks = self.select(start_ns, end_ns)
+        if self.reader.manifest is None or not chunks:
+            return None
+        lo, hi = min(c.first_ns for c in chunks), max(c.last_ns for c in chunks)
+        lo = lo if start_ns is None else max(lo, start_ns)
+        hi = hi if end_ns is None else min(hi, end_ns - 1)
+        return (lo, hi) if lo <= hi else None
 
     def select(self, start_ns: int | None, end_ns: int | None) -> list[ChunkInfo]:
         """The chunks that can hold messages in [start, end) — the manifest's time ranges prune the rest."""
@@ -92,6 +105,21 @@ class JsonLinesSource(Source):
         self.bad.clear()
         with self._open() as fh:
             yield from self._parse(fh)
+
+    def time_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
+        # A quick pass reading only each payload's "ts" (no validation).
+        lo = hi = None
+        with self._open() as fh:
+            for line in fh:
+                try:
+                    t = _payload_ts(json.loads(line).get("payload"))
+                except (ValueError, AttributeError):
+                    continue
+                if t is None or (start_ns is not None and t < start_ns) or (end_ns is not None and t >= end_ns):
+                    continue
+                lo = t if lo is None else min(lo, t)
+                hi = t if hi is None else max(hi, t)
+        return None if lo is None or hi is None else (lo, hi)
 
     def _bad(self, offset: int, line_no: int, problem: str) -> None:
         text = f"line {line_no}: {problem}"

@@ -11,7 +11,7 @@ import pytest
 
 from replay.format import FRAME_HEADER_SIZE, MAGIC, Chunk, RecordingError, RecordingReader, RecordingWriter
 from replay.lines import LineEncoder, classify
-from replay.player import Pacer
+from replay.player import Pacer, rebase_shift
 from replay.sources import open_source
 from replay.synthetic import DEFAULT_START, messages, write_jsonl
 from smartmine.catalog import builtin_catalog
@@ -209,3 +209,17 @@ def test_column_wise_encoding_gives_the_same_bytes_as_line_by_line(tmp_path: Pat
             reference: list[str] = []
             assert LineEncoder(catalog).encode(built, index, shift, reference) == readings
             assert body == "\n".join(reference).encode() and lines == len(reference)
+
+
+@pytest.mark.parametrize("speed", [None, 1.0, 10.0, 0.5])
+def test_rebased_times_are_never_ahead_of_the_moment_they_are_sent(speed: float | None) -> None:
+    first, last, start = 1_000 * 10**9, 1_600 * 10**9, 1_800_000_000 * 10**9  # a 10-minute recording, replayed now
+    shift = rebase_shift(start, first, last, speed)
+    for t in range(first, last + 1, 60 * 10**9):
+        sent_at = start + (0 if speed is None else (t - first) / speed)
+        assert t + shift <= sent_at + 1
+    # ... and the replay reads as live: the last (max, ×1, ×10) or the first (×0.5) message is "now"
+    if speed is None or speed >= 1:
+        assert last + shift == pytest.approx(start + (0 if speed is None else (last - first) / speed), abs=1)
+    else:
+        assert first + shift == start
