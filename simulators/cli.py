@@ -74,7 +74,7 @@ def _simulate(args: argparse.Namespace) -> int:
         _write_truth(args.truth, sim.truth())
     sink: Sink = FileSink(args.out) if args.out else MqttSink(
         settings, qos=args.qos, buffer_messages=settings.simulator.buffer_messages,
-        reconnect_max_s=settings.simulator.reconnect_max_s)
+        reconnect_max_s=settings.simulator.reconnect_max_s, max_inflight=settings.simulator.max_inflight)
     where = args.out or settings.mqtt.masked()
     print(f"simulating {len(sim.devices)} devices of {args.site} (seed {args.seed}, scenario "
           f"{scenario.name if scenario else 'none'}, {len(sim.faults)} faults) from {start:%Y-%m-%dT%H:%M:%SZ} "

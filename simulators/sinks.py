@@ -26,6 +26,10 @@ from smartmine.wire import encode_status, topic
 
 log = logging.getLogger(__name__)
 
+# QoS 1 messages allowed to wait in paho's queue. Paho scans that queue on every acknowledgement, so a
+# short queue is much faster than a long one: 100 gave 3x the throughput of 1000 (docs/benchmarks.md).
+QOS1_QUEUE = 100
+
 
 class Sink(Protocol):
     def open(self, sim: Simulation) -> None: ...
@@ -82,13 +86,15 @@ class MqttSink:
     """Publishes to the broker of the settings, surviving broker restarts."""
 
     def __init__(self, settings: Settings, *, qos: int = 0, buffer_messages: int = 100_000,
-                 connect_timeout_s: float = 15.0, reconnect_max_s: int = 30, client_id: str | None = None) -> None:
+                 connect_timeout_s: float = 15.0, reconnect_max_s: int = 30, max_inflight: int = 20,
+                 client_id: str | None = None) -> None:
         if qos not in (0, 1):
             raise UsageError(f"--qos {qos}: must be 0 or 1")
         self.settings = settings
         self.qos = qos
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_max_s = reconnect_max_s
+        self.max_inflight = max_inflight
         self.client_id = client_id
         self.buffer: deque[Message] = deque(maxlen=buffer_messages)
         self.dropped = 0
@@ -99,6 +105,9 @@ class MqttSink:
         self._will: tuple[str, str] | None = None
         self._client: Any = None
         self._last: Any = None
+        self._closing = False
+        self._warned_inflight = False
+        self._window: deque[Any] = deque()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -118,6 +127,7 @@ class MqttSink:
         will_topic, will_src = self._will
         client.will_set(will_topic, encode_status(_now(), "offline", will_src), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=self.reconnect_max_s)
+        client.max_inflight_messages_set(self.max_inflight)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         self._client = client
@@ -131,10 +141,17 @@ class MqttSink:
             raise UsageError(f"MQTT broker {url.masked()} not reachable within {self.connect_timeout_s:.0f} s "
                              "(is it running? smartmine up starts one)")
 
-    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any = None) -> None:
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, props: Any = None) -> None:
         if getattr(reason, "is_failure", False):
             log.warning("MQTT connect refused: %s", reason)
             return
+        # QoS 1 throughput is the in-flight window, fixed before connecting; the broker says in its CONNACK
+        # how many it takes (MQTT 5 Receive Maximum, 65535 when it does not say).
+        receive_max = getattr(props, "ReceiveMaximum", 65535) if props is not None else 65535
+        if self.qos and receive_max < self.max_inflight and not self._warned_inflight:
+            log.warning("the broker takes %d QoS 1 messages in flight, fewer than the %d configured; set "
+                        "SMARTMINE_SIMULATOR__MAX_INFLIGHT=%d", receive_max, self.max_inflight, receive_max)
+            self._warned_inflight = True
         if self._connected.is_set() or self.reconnects or self.published:
             self.reconnects += 1
             log.info("reconnected to the MQTT broker (%d buffered messages to send)", len(self.buffer))
@@ -147,7 +164,7 @@ class MqttSink:
         self._connected.set()
 
     def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any = None) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._closing:
             log.warning("lost the MQTT broker (%s); buffering up to %d messages", reason, self.buffer.maxlen)
         self._connected.clear()
 
@@ -175,16 +192,24 @@ class MqttSink:
 
         publish = self._client.publish
         qos = self.qos
+        window = self._window
         last = None
         for i, (t, payload) in enumerate(batch):
             info = publish(t, payload, qos)
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                # The link dropped mid-batch: keep the rest (this one included) for the reconnect.
+                # The link dropped mid-batch: keep the rest for the reconnect. Paho itself keeps a QoS 1
+                # message it could not send and resends it, so only a QoS 0 one is buffered here.
                 self._connected.clear()
-                self._buffer(batch[i:])
+                self._buffer(batch[i + 1:] if qos else batch[i:])
                 return
-            last = info
             self.published += 1
+            last = info
+            if qos:
+                # Keep no more than the in-flight window queued in paho: its acknowledgement handling
+                # scans the whole queue, which turns quadratic when a batch of thousands waits there.
+                window.append(info)
+                if len(window) > min(self.max_inflight, QOS1_QUEUE):
+                    self._wait(window.popleft())
         # Back-pressure: wait until the previous batch has left, so the client's queue stays bounded
         # however fast the simulation runs.
         if self._last is not None:
@@ -216,6 +241,7 @@ class MqttSink:
             for info in infos[-1:]:
                 self._wait(info)
         lost = len(self.buffer)
+        self._closing = True
         client.disconnect()
         client.loop_stop()
         return {"published": self.published, "dropped_while_disconnected": self.dropped + lost,

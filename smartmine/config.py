@@ -179,6 +179,8 @@ class SimulatorSettings(BaseModel):
     buffer_messages: int = Field(default=100_000, ge=1, description="Messages kept while the broker is away; "
                                                                     "the oldest are dropped beyond this")
     reconnect_max_s: int = Field(default=30, ge=1, description="Longest wait between reconnect attempts")
+    max_inflight: int = Field(default=20, ge=1, description="QoS 1 messages awaiting PUBACK; at most the broker's "
+                                                            "max_inflight_messages (Mosquitto's default is 20)")
 
 
 class Settings(BaseSettings):
