@@ -10,8 +10,8 @@ Every error names the file, the fault's index and the field, e.g.
 
 from __future__ import annotations
 
+import argparse
 import difflib
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,13 +21,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smartmine.catalog import Catalog
+from smartmine.cli import parse_duration as cli_duration
 from smartmine.errors import UsageError
 from smartmine.wire import Severity
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 class ScenarioError(UsageError):
@@ -35,22 +33,14 @@ class ScenarioError(UsageError):
 
 
 def parse_duration(text: str | float | int, what: str = "duration") -> float:
-    """``90s``, ``15m``, ``2h``, ``1h30m``, ``1d`` or a bare number of seconds -> seconds."""
+    """``90s``, ``15m``, ``2h``, ``1h30m``, ``1d`` or a number of seconds -> seconds (the CLI's parser)."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         seconds = float(text)
     else:
-        s = str(text).strip().lower()
         try:
-            seconds = float(s)
-        except ValueError:
-            pos, seconds = 0, 0.0
-            for m in _DURATION.finditer(s):
-                if m.start() != pos:
-                    break
-                seconds += float(m.group(1)) * _UNITS[m.group(2)]
-                pos = m.end()
-            if pos != len(s) or not s:
-                raise ValueError(f"{what} {text!r} is not a duration (examples: 90s, 15m, 2h, 1h30m, 1d)") from None
+            seconds = cli_duration(str(text))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{what}: {exc}") from None
     if seconds < 0:
         raise ValueError(f"{what} {text!r} is negative")
     return seconds
@@ -202,6 +192,9 @@ def plan(scenario: Scenario, catalog: Catalog, start: datetime, sites: list[str]
             raise fail("params." + ".".join(map(str, err["loc"])), err["msg"]) from None
         try:
             t0 = _when(f.start, start, "start")
+        except ValueError as exc:
+            raise fail("start", str(exc)) from None
+        try:
             if f.end is not None:
                 t1 = _when(f.end, start, "end")
             elif f.duration is not None:
@@ -209,7 +202,7 @@ def plan(scenario: Scenario, catalog: Catalog, start: datetime, sites: list[str]
             else:
                 raise ValueError("give duration or end")
         except ValueError as exc:
-            raise fail("start" if "start" in str(exc) else "duration", str(exc)) from None
+            raise fail("end" if f.end is not None else "duration", str(exc)) from None
         if t1 <= t0:
             raise fail("duration", "the fault ends before it starts")
         sensor = f.sensor or cls.default_sensor if cls.layer != "transport" else None

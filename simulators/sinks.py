@@ -108,6 +108,8 @@ class MqttSink:
         self._closing = False
         self._warned_inflight = False
         self._window: deque[Any] = deque()
+        self._refused: str | None = None
+        self._answered = threading.Event()   # the broker accepted or refused us
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,14 +138,20 @@ class MqttSink:
         except (OSError, ValueError) as exc:
             raise UsageError(f"MQTT broker {url.masked()}: {exc}") from None
         client.loop_start()
-        if not self._connected.wait(self.connect_timeout_s):
+        self._answered.wait(self.connect_timeout_s)
+        if not self._connected.is_set():
             client.loop_stop()
+            if self._refused:
+                raise UsageError(f"MQTT broker {url.masked()} refused the connection: {self._refused} (check the "
+                                 "user and password in the URL or SMARTMINE_MQTT_USERNAME/PASSWORD)")
             raise UsageError(f"MQTT broker {url.masked()} not reachable within {self.connect_timeout_s:.0f} s "
                              "(is it running? smartmine up starts one)")
 
     def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, props: Any = None) -> None:
         if getattr(reason, "is_failure", False):
             log.warning("MQTT connect refused: %s", reason)
+            self._refused = str(reason)
+            self._answered.set()
             return
         # QoS 1 throughput is the in-flight window, fixed before connecting; the broker says in its CONNACK
         # how many it takes (MQTT 5 Receive Maximum, 65535 when it does not say).
@@ -162,6 +170,7 @@ class MqttSink:
         for status_topic, src in self._statuses:
             client.publish(status_topic, encode_status(now, "online", src), qos=1, retain=True)
         self._connected.set()
+        self._answered.set()
 
     def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any = None) -> None:
         if self._connected.is_set() and not self._closing:

@@ -34,16 +34,24 @@ STAGE_COMMANDS: tuple[str, ...] = (
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
-_DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str) -> float:
-    """An argparse ``type=`` for durations: ``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"duration {text!r} is not understood; use e.g. 90s, 15m, 2h or 1d")
-    return float(m.group(1)) * _DURATION_UNIT_S[m.group(2) or "s"]
+    """An argparse ``type=`` for durations: ``90``, ``90s``, ``15m``, ``2h``, ``1h30m``, ``1d`` -> seconds."""
+    s = text.strip().replace(" ", "")
+    if re.fullmatch(r"\d+(?:\.\d+)?", s):
+        return float(s)
+    pos, seconds = 0, 0.0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        seconds += float(m.group(1)) * _DURATION_UNIT_S[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise argparse.ArgumentTypeError(f"duration {text!r} is not understood; use e.g. 90s, 15m, 2h, 1h30m or 1d")
+    return seconds
 
 
 def settings_from(args: argparse.Namespace) -> Any:

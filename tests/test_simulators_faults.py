@@ -262,7 +262,7 @@ def test_each_fault_kind_is_used_by_a_shipped_scenario_and_every_scenario_plans(
        "params": {"probability": 2}}],
      "faults[0].params.probability: Input should be less than or equal to 1"),
     ([{"kind": "spike", "equipment": "pump_1", "sensor": "flow_m3_h", "start": "soon", "duration": "1h"}],
-     "faults[0].start: start 'soon' is not a duration"),
+     "faults[0].start: start: duration 'soon' is not understood"),
     ([{"kind": "spike", "equipment": "pump_1", "sensor": "flow_m3_h", "start": "0s"}],
      "faults[0].duration: give duration or end"),
 ])

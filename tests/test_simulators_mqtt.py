@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from simhelp import catalog
 
 from simulators.engine import Simulation
 from simulators.runner import run
 from simulators.sinks import MqttSink, simulator_id
 from smartmine.config import Settings, parse_mqtt_url
+from smartmine.errors import UsageError
 from smartmine.mqtt import make_client
 from smartmine.services import Mosquitto
 from smartmine.wire import parse_telemetry, subscription
@@ -142,3 +148,37 @@ def test_a_broker_restart_is_survived_with_the_buffer(mosquitto_factory: Callabl
     assert result["reconnects"] >= 1
     assert result["dropped_while_disconnected"] > 0     # bounded: the oldest were dropped, and counted
     assert result["published"] > 0
+
+
+def _mosquitto_password_line(user: str, password: str) -> str:
+    """A Mosquitto 2 password-file line ($7$: PBKDF2-SHA512), as mosquitto_passwd would write it."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+    return f"{user}:$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+@pytest.fixture
+def password_file() -> Iterator[Path]:
+    """Mosquitto reads its password file after dropping root to its own user: put it where that user can."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        passwd = Path(tmp) / "passwd"
+        passwd.write_text(_mosquitto_password_line("sim", "p@ss word") + "\n")
+        passwd.chmod(0o644)
+        yield passwd
+
+
+def test_credentials_come_from_the_url(mosquitto_factory: Callable[..., Mosquitto], password_file: Path,
+                                       settings: Settings, topic_prefix: str) -> None:
+    broker = mosquitto_factory(allow_anonymous=False, password_file=password_file)
+    plain = settings.model_copy(update={"mqtt_url": broker.url})
+    sim_args = {"sites": STEEL, "seed": 3, "start": datetime(2026, 11, 27, 8, tzinfo=UTC), "duration_s": 5,
+                "prefix": topic_prefix}
+    with pytest.raises(UsageError, match="refused the connection: Not authorized"):
+        run(Simulation(catalog(), **sim_args), MqttSink(plain), speed=None)  # type: ignore[arg-type]
+    authed_url = broker.url.replace("mqtt://", "mqtt://sim:p%40ss%20word@")
+    authed = settings.model_copy(update={"mqtt_url": authed_url})
+    with listener(authed_url, [subscription("telemetry", topic_prefix)]) as q:
+        summary = run(Simulation(catalog(), **sim_args), MqttSink(authed, qos=1), speed=None)  # type: ignore[arg-type]
+        got = drain(q, lambda got: len(got) >= summary["published"])
+    assert summary["published"] > 0 and len(got) == summary["published"]
