@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from typing import Any
 
 
@@ -79,8 +81,15 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"simulating {len(sim.devices)} devices of {args.site} (seed {args.seed}, scenario "
           f"{scenario.name if scenario else 'none'}, {len(sim.faults)} faults) from {start:%Y-%m-%dT%H:%M:%SZ} "
           f"at {'max' if speed is None else f'{speed:g}x'} speed into {where}", file=sys.stderr)
-    summary = run(sim, sink, speed=speed, progress_every_s=args.progress_every,
-                  progress=lambda line: print(line, file=sys.stderr, flush=True))
+    # SIGTERM (smartmine up stopping its stages) ends the run like the end of --duration: the sink closes,
+    # the devices go offline with a retained status, and the summary is printed.
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        summary = run(sim, sink, speed=speed, progress_every_s=args.progress_every,
+                      progress=lambda line: print(line, file=sys.stderr, flush=True), stop=stop.is_set)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.truth:
         summary["truth"] = args.truth
     print("summary: " + json.dumps(summary), file=sys.stderr)

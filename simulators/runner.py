@@ -31,9 +31,10 @@ def run(sim: Simulation, sink: Sink, *, speed: float | None = 1.0, progress_ever
             now = time.monotonic()
             if speed is not None:
                 due = wall0 + sim.tick * sim.dt_s / speed
-                if due > now:
-                    time.sleep(due - now)
-                elif now - due > max(5.0, 10 * sim.dt_s / speed) and not behind_warned:
+                while due > now and not (stop is not None and stop()):
+                    time.sleep(min(due - now, 0.2))  # in slices, so a stop request is heard at once
+                    now = time.monotonic()
+                if now - due > max(5.0, 10 * sim.dt_s / speed) and not behind_warned:
                     log.warning("the simulation is %.1f s behind %gx real time: too many devices for this "
                                 "machine at this speed", now - due, speed)
                     behind_warned = True
