@@ -9,6 +9,7 @@ same bytes. Pacing (``--speed``) and publishing belong to :mod:`simulators.runne
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from smartmine.errors import UsageError
 from smartmine.wire import DEFAULT_PREFIX, format_ts, topic
 
 Message = tuple[str, bytes]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,7 +102,12 @@ class Simulation:
         self.planned: list[PlannedFault] = []
         self.faults: list[Fault] = []
         if scenario is not None:
-            self.planned = plan(scenario, catalog, self.start, names)
+            planned = plan(scenario, catalog, self.start, names)
+            # A scenario may cover several sites; a process simulating one of them runs that site's faults.
+            self.planned = [p for p in planned if p.site in names]
+            skipped = len(planned) - len(self.planned)
+            if skipped:
+                log.info("scenario %s: %d faults are at sites not simulated here", scenario.name, skipped)
             self.faults = [self._instantiate(p) for p in self.planned]
         self.tick = 0
         # Settle every model once before the first tick, so faults starting at 0 s see a running plant.

@@ -82,6 +82,11 @@ def simulator_id(sites: list[str], seed: int) -> str:
     return f"sim_{name}_s{seed}"[:63]
 
 
+def simulator_status_topic(site: str, sites: list[str], seed: int, prefix: str) -> str:
+    """The simulator's own status topic (its last will): ``<prefix>/<site>/gateway/<simulator id>/status``."""
+    return topic(site, "gateway", simulator_id(sites, seed), "status", prefix)
+
+
 class MqttSink:
     """Publishes to the broker of the settings, surviving broker restarts."""
 
@@ -118,9 +123,11 @@ class MqttSink:
 
         from smartmine.mqtt import make_client
 
-        sites = sorted({s for _, s, _ in sim.site_list})
+        sites = list(dict.fromkeys(s for _, s, _ in sim.site_list))
         sim_id = simulator_id(sites, sim.seed)
-        self._will = (topic("simulator", "gateway", sim_id, "status", sim.prefix), sim_id)
+        # Under the (first) site it simulates: a site's broker user may write only that site's topics
+        # (smartmine/security.py), and its last will must be one of them or the broker drops it.
+        self._will = (simulator_status_topic(sim.site_list[0][0], sites, sim.seed, sim.prefix), sim_id)
         self._statuses = [(topic(d.site, d.area, d.equipment, "status", sim.prefix), d.publisher)
                           for d in sim.devices]
         client_id = self.client_id or f"{sim_id}-{os.getpid()}"

@@ -280,3 +280,13 @@ def test_a_scenario_file_with_an_unknown_field_is_refused(tmp_path: Any) -> None
         load_scenario(bad)
     with pytest.raises(ScenarioError, match="neither a file nor a named scenario"):
         load_scenario("no_such_scenario")
+
+
+def test_a_site_process_runs_only_its_own_sites_faults() -> None:
+    """docker-compose runs one simulator per site with the same scenario: each takes its site's faults."""
+    from simulators.engine import Simulation
+
+    steel = Simulation(catalog(), sites=STEEL, scenario=load_scenario("sensor_faults"), start=START, duration_s=60)
+    assert steel.faults and {p.site for p in steel.planned} == {STEEL}
+    assert {i["site"] for i in steel.truth()} == {STEEL}
+    assert Simulation(catalog(), sites=STEEL, scenario=load_scenario("demo"), start=START, duration_s=60).truth() == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import queue
@@ -18,6 +16,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -29,10 +28,12 @@ from simulators.sinks import MqttSink, simulator_id
 from smartmine.config import Settings, parse_mqtt_url
 from smartmine.errors import UsageError
 from smartmine.mqtt import make_client
+from smartmine.security import write_password_file
 from smartmine.services import Mosquitto
 from smartmine.wire import parse_telemetry, subscription
 
 STEEL = "jinggang_steel"
+USER, PASSWORD = "sim_jinggang_steel", "p@ss word"  # made up for a throw-away broker
 
 
 @contextmanager
@@ -103,7 +104,7 @@ def _simulate_process(settings: Settings, *args: str) -> subprocess.Popen[bytes]
 
 def test_online_while_running_and_the_last_will_says_offline_when_killed(settings: Settings,
                                                                          topic_prefix: str) -> None:
-    sim_status = f"{topic_prefix}/simulator/gateway/{simulator_id([STEEL], 5)}/status"
+    sim_status = f"{topic_prefix}/{STEEL}/gateway/{simulator_id([STEEL], 5)}/status"
     device_status = f"{topic_prefix}/{STEEL}/ironmaking/blast_furnace_1/status"
     with listener(settings.mqtt_url, [sim_status, device_status, subscription("telemetry", topic_prefix)]) as q:
         proc = _simulate_process(settings, "--speed", "1")
@@ -150,20 +151,12 @@ def test_a_broker_restart_is_survived_with_the_buffer(mosquitto_factory: Callabl
     assert result["published"] > 0
 
 
-def _mosquitto_password_line(user: str, password: str) -> str:
-    """A Mosquitto 2 password-file line ($7$: PBKDF2-SHA512), as mosquitto_passwd would write it."""
-    salt = os.urandom(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
-    return f"{user}:$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
 @pytest.fixture
 def password_file() -> Iterator[Path]:
     """Mosquitto reads its password file after dropping root to its own user: put it where that user can."""
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
-        passwd = Path(tmp) / "passwd"
-        passwd.write_text(_mosquitto_password_line("sim", "p@ss word") + "\n")
+        passwd = write_password_file(Path(tmp) / "passwd", {USER: PASSWORD})
         passwd.chmod(0o644)
         yield passwd
 
@@ -176,7 +169,8 @@ def test_credentials_come_from_the_url(mosquitto_factory: Callable[..., Mosquitt
                 "prefix": topic_prefix}
     with pytest.raises(UsageError, match="refused the connection: Not authorized"):
         run(Simulation(catalog(), **sim_args), MqttSink(plain), speed=None)  # type: ignore[arg-type]
-    authed_url = broker.url.replace("mqtt://", "mqtt://sim:p%40ss%20word@")
+    host_port = broker.url.removeprefix("mqtt://")
+    authed_url = f"mqtt://{USER}:{quote(PASSWORD)}@{host_port}"   # quoted: '@' and ' ' in the password
     authed = settings.model_copy(update={"mqtt_url": authed_url})
     with listener(authed_url, [subscription("telemetry", topic_prefix)]) as q:
         summary = run(Simulation(catalog(), **sim_args), MqttSink(authed, qos=1), speed=None)  # type: ignore[arg-type]
