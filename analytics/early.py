@@ -1,6 +1,7 @@
 """Early warning (未诉先办): a trend that will cross a catalog limit, raised before it does.
 
-Every ``hop`` samples a least-squares line is fitted through the last ``window`` samples. Each sample
+Every ``hop`` samples a least-squares line is fitted through the last ``window`` samples (from running
+sums, so a fit costs the same however long the window). Each sample
 is then projected along that line: when the slope points at the limit, is significant (at least
 ``min_t`` standard errors, so noise does not extrapolate), and the limit would be reached within
 ``horizon_s``, the detector warns with the expected time to the limit. Once the value is past the
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from analytics.detector import Detector, FloatArray, SensorContext, Verdicts, about, level_of
-from analytics.kernels import HopWindow, RingBuffer, broadcast, fit_one, line_fit
+from analytics.kernels import HopWindow, LineSums, broadcast, line_from_sums, line_prefix
 from smartmine.catalog import Limit
 
 
@@ -36,8 +37,8 @@ class EarlyWarning(Detector):
         self.horizon_s = horizon_s
         self.min_t = min_t
         self.hop = HopWindow(window, hop)
-        self.ring = RingBuffer(self.hop)
-        self.ts_ring: RingBuffer = RingBuffer(self.hop)
+        self.sums = LineSums(window)
+        self.count = 0
         self._level = level_of(severity)
         self.fit: tuple[float, ...] = (math.nan, math.nan, math.nan, math.nan)  # level, slope/s, se, t_end
         self.eta = math.nan
@@ -45,10 +46,10 @@ class EarlyWarning(Detector):
 
     # Shared per-sample arithmetic, written for scalars; the batch form mirrors it on arrays.
     def _step(self, ts: int, x: float) -> tuple[float, int]:
-        if self.ring.due():
-            self.fit = fit_one(line_fit, self.ts_ring.matrix(np.int64), self.ring.matrix())
-        self.ring.push(x)
-        self.ts_ring.push(ts)
+        if self.hop.due(self.count):
+            self.fit = self.sums.fit(self.hop.window)
+        self.sums.push(ts, x)
+        self.count += 1
         level, slope, se, t_end = self.fit
         self.eta = math.nan
         if math.isnan(level):
@@ -65,10 +66,13 @@ class EarlyWarning(Detector):
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
         n = len(x)
         fit_idx = self.hop.fit_index(n)
-        fits = self.hop.fit_all(line_fit, ts, x)
-        if not fits:
+        ends = np.arange(self.hop.window, n, self.hop.hop)  # a fit before scoring sample `end`
+        if len(ends) == 0:
             return Verdicts.empty(n)
-        level, slope, se, t_end = broadcast(fits, fit_idx)
+        prefix, u = line_prefix(ts, x)
+        fits = line_from_sums(prefix[ends] - prefix[ends - self.hop.window], self.hop.window, u[ends - 1],
+                              float(x[0]))
+        level, slope, se, t_end = broadcast((*fits, ts[ends - 1].astype(np.float64)), fit_idx)
         s = self.sign
         ok = fit_idx >= 0
         now = np.full(n, np.nan)

@@ -4,7 +4,7 @@ This is the only place that decides the detector set (Telegraf's agent: the loop
 detectors are plugins). Per sensor, from its catalog entry:
 
 - every catalog limit -> a :class:`LimitRule` and an :class:`EarlyWarning` (gauges)
-- gauges -> robust median/MAD, EWMA chart, CUSUM, and stuck detection
+- gauges -> robust median/MAD, EWMA chart, CUSUM, the shift/daily seasonal baseline, stuck detection
 - counters -> counter-decrease; every sensor -> dropout, and out-of-physical-range when it has one
 - state sensors (on/off) -> only their limits
 - per equipment: PCA T²/Q over its gauges, and drift against each ``redundant_with`` neighbour
@@ -28,6 +28,7 @@ from analytics.episodes import EpisodeTracker, Transition, batch_transitions
 from analytics.health import CounterDecrease, Dropout, Flatline, PhysicalRange
 from analytics.limits import LimitRule
 from analytics.multivariate import PcaMonitor, RedundantDrift
+from analytics.seasonal import SeasonalBaseline
 from analytics.statistical import Cusum, EwmaChart, RobustZ
 from smartmine.catalog import Catalog, ResolvedEquipment
 from smartmine.config import AnalyticsSettings
@@ -37,8 +38,9 @@ def samples(seconds: float, period_s: float, minimum: int = 2) -> int:
     return max(round(seconds / period_s), minimum)
 
 
-def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings) -> list[Detector]:
-    """The detectors of one sensor, configured from its catalog entry and the settings."""
+def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: int = 8 * 3600) -> list[Detector]:
+    """The detectors of one sensor, configured from its catalog entry and the settings; ``utc_offset_s``
+    is the site's local time offset (its shifts are in local time)."""
     period = ctx.sample_period_s
     dets: list[Detector] = [LimitRule(ctx, lim, alarm_severity=cfg.limit_alarm_severity,
                                       power_off_severity=cfg.limit_power_off_severity) for lim in ctx.limits]
@@ -57,6 +59,8 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings) -> list[Detecto
                       severity=stat_sev, novelty=novelty),
             Cusum(ctx, window=window, hop=hop, threshold=cfg.cusum_threshold,
                   memory=samples(cfg.cusum_memory_s, period, 2), severity=stat_sev, novelty=novelty),
+            SeasonalBaseline(ctx, slot_s=cfg.seasonal_slot_s, utc_offset_s=utc_offset_s, days=cfg.seasonal_days,
+                             threshold=cfg.seasonal_threshold, severity=stat_sev, novelty=novelty),
             Flatline(ctx, samples=samples(cfg.stuck_after_s, period, 3), severity=stat_sev),
         ]
     elif ctx.kind == "counter":
@@ -79,12 +83,13 @@ def _ns(times: pd.Series | pd.Index) -> np.ndarray:
 class EquipmentScorer:
     """All detectors of one equipment and their episodes, in streaming (``step``) or batch (``run``) form."""
 
-    def __init__(self, eq: ResolvedEquipment, cfg: AnalyticsSettings, language: str = "en") -> None:
+    def __init__(self, eq: ResolvedEquipment, cfg: AnalyticsSettings, language: str = "en",
+                 utc_offset_s: int = 8 * 3600) -> None:
         self.eq = eq
         self.cfg = cfg
         self.contexts = {sid: SensorContext.from_catalog(eq, sid, language) for sid in eq.sensors}
         self.detectors: dict[str, list[Detector]] = {
-            sid: sensor_detectors(ctx, cfg) for sid, ctx in self.contexts.items()}
+            sid: sensor_detectors(ctx, cfg, utc_offset_s) for sid, ctx in self.contexts.items()}
         self.tracker = EpisodeTracker()
         self.samples = 0
         self.unknown_sensors: set[str] = set()
@@ -239,8 +244,19 @@ class PlantScorer:
         key = (site, equipment)
         if key not in self.equipment:
             eq = self.catalog.equipment(site, equipment)
-            self.equipment[key] = EquipmentScorer(eq, self.cfg, self.language) if eq is not None else None
+            self.equipment[key] = (EquipmentScorer(eq, self.cfg, self.language, utc_offset(self.catalog, site))
+                                   if eq is not None else None)
         return self.equipment[key]
+
+
+def utc_offset(catalog: Catalog, site: str) -> int:
+    """The site's offset from UTC in seconds now (the mines and plants in the catalog keep no DST)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    tz = catalog.sites[site].timezone if site in catalog.sites else "UTC"
+    offset = datetime.now(ZoneInfo(tz)).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analytics.engine import EquipmentScorer, PlantScorer
+from analytics.engine import EquipmentScorer, PlantScorer, utc_offset
 from analytics.episodes import Transition
 from analytics.store import AnomalySink, CollectingSink, EventPublisher, InfluxAnomalySink, write_all
 from smartmine.catalog import Catalog
@@ -257,7 +257,7 @@ def run_batch(settings: Settings, catalog: Catalog, start: datetime, end: dateti
     started = time.monotonic()
     try:
         for i, eq in enumerate(targets):
-            scorer = EquipmentScorer(eq, settings.analytics, settings.language)
+            scorer = EquipmentScorer(eq, settings.analytics, settings.language, utc_offset(catalog, eq.site))
             raw = influx.query_df(equipment_query(scorer, start, end))
             if progress is not None:
                 progress(i + 1, len(targets), eq, len(raw))

@@ -95,6 +95,13 @@ def fit_one(fit: FitFn, *rows: np.ndarray) -> tuple[float, ...]:
 
 
 # ---------------------------------------------------------------------------------------------- kernels
+def upper_median(windows: FloatArray) -> FloatArray:
+    """The median of each row, the upper of the two middle values for an even row length: one
+    partition instead of two, and a value that was actually measured."""
+    k = windows.shape[1] // 2
+    return np.partition(windows, k, axis=1)[:, k]
+
+
 def robust_fit(windows: FloatArray, min_sigma: float) -> tuple[FloatArray, FloatArray]:
     """Median and a robust sigma of each window (rows).
 
@@ -102,32 +109,72 @@ def robust_fit(windows: FloatArray, min_sigma: float) -> tuple[FloatArray, Float
     score infinite. The floor is a tenth of the window's standard deviation (a window that moved at all)
     and ``min_sigma`` (the sensor's resolution, from the catalog's normal range).
     """
-    med = np.median(windows, axis=1)
-    mad = np.median(np.abs(windows - med[:, None]), axis=1)
+    med = upper_median(windows)
+    mad = upper_median(np.abs(windows - med[:, None]))
     sigma = np.maximum(MAD_TO_SIGMA * mad, 0.1 * windows.std(axis=1))
     return med, np.maximum(sigma, min_sigma)
 
 
-def line_fit(ts_windows: np.ndarray, windows: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Least-squares line through each window: level at the window's last sample, slope per second,
-    the slope's standard error, and the last sample's time (ns, as float for the common return type).
+class LineSums:
+    """Running sums for least-squares lines over hopping windows, O(1) per sample in both forms.
 
-    Time is taken relative to the window's last sample, in seconds, so large epoch values lose nothing.
+    Time ``u`` is in seconds since the first sample and values ``y`` are taken relative to the first
+    value, which keeps the sums small. The batch form takes prefix sums with ``np.cumsum`` (sequential
+    addition); the streaming form adds the same products in the same order, so both see the same sums.
     """
-    t_end = ts_windows[:, -1]
-    t = (ts_windows - t_end[:, None]) / 1e9
-    t_mean = t.mean(axis=1)
-    x_mean = windows.mean(axis=1)
-    tc = t - t_mean[:, None]
-    xc = windows - x_mean[:, None]
-    stt = (tc * tc).sum(axis=1)
-    safe = np.where(stt > 0, stt, 1.0)
-    slope = np.where(stt > 0, (tc * xc).sum(axis=1) / safe, 0.0)
-    level = x_mean - slope * t_mean
-    resid = xc - slope[:, None] * tc
-    dof = max(windows.shape[1] - 2, 1)
-    se = np.sqrt((resid * resid).sum(axis=1) / dof / safe)
-    return level, slope, se, t_end.astype(np.float64)
+
+    __slots__ = ("prefix", "sums", "ts0", "x0")
+
+    def __init__(self, window: int) -> None:
+        self.ts0: int | None = None
+        self.x0 = 0.0
+        self.sums = (0.0, 0.0, 0.0, 0.0, 0.0)  # u, y, uu, uy, yy
+        self.prefix: deque[tuple[tuple[float, ...], int, float]] = deque(maxlen=window + 1)
+        self.prefix.append((self.sums, 0, 0.0))
+
+    def push(self, ts: int, x: float) -> None:
+        if self.ts0 is None:
+            self.ts0, self.x0 = ts, x
+        u = (ts - self.ts0) / 1e9
+        y = x - self.x0
+        su, sy, suu, suy, syy = self.sums
+        self.sums = (su + u, sy + y, suu + u * u, suy + u * y, syy + y * y)
+        self.prefix.append((self.sums, ts, u))
+
+    def fit(self, window: int) -> tuple[float, float, float, float]:
+        """(level at the last sample, slope per second, its standard error, last sample's ts) of the
+        last ``window`` samples."""
+        (now, ts_end, u_end), (then, _, _) = self.prefix[-1], self.prefix[0]
+        diff = np.array([[a - b for a, b in zip(now, then, strict=True)]])
+        level, slope, se = line_from_sums(diff, window, np.array([u_end]), self.x0)
+        return float(level[0]), float(slope[0]), float(se[0]), float(ts_end)
+
+
+def line_prefix(ts: np.ndarray, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Batch form of :class:`LineSums`: prefix sums (n + 1, 5) and each sample's ``u``."""
+    u = (ts - ts[0]) / 1e9
+    y = x - x[0]
+    cols = np.column_stack([u, y, u * u, u * y, y * y])
+    prefix = np.zeros((len(x) + 1, 5))
+    np.cumsum(cols, axis=0, out=prefix[1:])
+    return prefix, u
+
+
+def line_from_sums(sums: FloatArray, n: int, u_end: FloatArray, x0: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Level at ``u_end``, slope and its standard error from window sums (rows: u, y, uu, uy, yy)."""
+    su, sy, suu, suy, syy = sums.T
+    u_mean = su / n
+    y_mean = sy / n
+    stt = suu - su * u_mean
+    sty = suy - su * y_mean
+    syy_c = syy - sy * y_mean
+    ok = stt > 0
+    safe = np.where(ok, stt, 1.0)
+    slope = np.where(ok, sty / safe, 0.0)
+    level = y_mean + slope * (u_end - u_mean) + x0
+    ssr = np.maximum(syy_c - slope * sty, 0.0)
+    se = np.sqrt(ssr / max(n - 2, 1) / safe)
+    return level, slope, se
 
 
 def ewma_init(x: FloatArray, alpha: float) -> FloatArray:

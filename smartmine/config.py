@@ -156,6 +156,10 @@ class AnalyticsSettings(BaseModel):
     cusum_memory_s: float = Field(default=120.0, gt=0, description="How far back the CUSUM looks")
     novelty_s: float = Field(default=900.0, ge=0, description="A statistical flag must beat everything "
                              "the detector saw this long back (0: threshold only)")
+    seasonal_slot_s: int = Field(default=3600, gt=0, description="Time-of-day slot of the seasonal baseline "
+                                 "(divides a day; local site time)")
+    seasonal_days: float = Field(default=3.0, gt=0, description="How many days the seasonal baseline remembers")
+    seasonal_threshold: float = Field(default=5.0, gt=0, description="Sigmas from the slot's usual value that flag")
     early_window_s: float = Field(default=300.0, gt=0, description="Trend window of the early warning")
     early_hop_s: float = Field(default=10.0, gt=0, description="How often the trend is refitted")
     early_horizon_s: float = Field(default=1800.0, gt=0, description="Warn when a limit is this close in time")

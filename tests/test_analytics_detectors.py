@@ -19,6 +19,7 @@ from analytics.episodes import EpisodeTracker, batch_transitions
 from analytics.health import CounterDecrease, Dropout, Flatline, PhysicalRange
 from analytics.limits import LimitRule
 from analytics.multivariate import PcaMonitor, RedundantDrift
+from analytics.seasonal import SeasonalBaseline
 from analytics.statistical import Cusum, EwmaChart, RobustZ
 from smartmine.catalog import Limit, ResolvedEquipment, load_catalog
 from smartmine.config import AnalyticsSettings
@@ -49,6 +50,8 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
     "cusum": lambda: Cusum(CH4, window=40, hop=7, threshold=5.0, memory=30, novelty=25),
     "early": lambda: EarlyWarning(CH4, METHANE, window=30, hop=5, horizon_s=600, min_t=3.0),
     "early_low": lambda: EarlyWarning(CH4, O2_LOW, window=30, hop=5, horizon_s=600, min_t=3.0),
+    "seasonal": lambda: SeasonalBaseline(CH4, slot_s=60, utc_offset_s=3600, days=2.0, min_count=3,
+                                         threshold=3.0, novelty=20),
     "stuck": lambda: Flatline(CH4, samples=5),
     "dropout": lambda: Dropout(CH4, factor=3.0),
     "range": lambda: PhysicalRange(CH4),
@@ -331,3 +334,26 @@ def test_drift_against_the_redundant_return_airway_sensor_in_the_stream() -> Non
         fired += [t for t in out if t.episode.rule == "health:drift:ch4_pct" and t.kind == "firing"]
     assert len(fired) == 1 and 300 < (fired[0].ts - T0) // 1_000_000_000 < 500
     assert "redundant neighbour gas_return_1203" in fired[0].message
+
+
+def test_seasonal_baseline_knows_the_night_shift_from_a_fault() -> None:
+    # Belt current: low in the night maintenance shift (00-08 local), high in the production shifts.
+    belt = SensorContext.from_catalog(equipment("belt_main_1"), "motor_current_a")
+    period_s = 60
+    days = 5
+    n = days * 86_400 // period_s
+    ts = T0 - (T0 % 86_400_000_000_000) - 8 * 3_600_000_000_000 + np.arange(n, dtype=np.int64) * period_s * 10**9
+    local_hour = ((ts // 10**9 + 8 * 3600) % 86_400) // 3600
+    rng = np.random.default_rng(3)
+    x = np.where(local_hour < 8, 70.0, 180.0) + 3 * rng.standard_normal(n)
+    fault = (np.arange(n) > 4 * n // 5) & (local_hour == 10)  # day 5, 10:00: the current drops to night level
+    x[fault] = 70.0 + 3 * rng.standard_normal(int(fault.sum()))
+    det = SeasonalBaseline(SensorContext(sensor="motor_current_a", sensor_name="Motor current", unit="A",
+                                         sample_period_s=period_s, normal=belt.normal),
+                           slot_s=3600, threshold=5.0)
+    v = det.run(ts, x)
+    assert v.level[fault].any(), "a night-level current in the day shift is flagged"
+    assert not v.level[~fault].any(), "the shift pattern itself is not"
+    first = int(np.flatnonzero(v.level)[0])
+    assert "usual at 10:00" in det.detect(pd.Series(x, index=ts))[0].message
+    assert fault[first]
