@@ -88,8 +88,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         summary, per_file = evaluate.evaluate_nab(Path(args.nab), progress)
     elif args.scores and args.labels:
         summary = evaluate.evaluate_scores(Path(args.scores), Path(args.labels), args.series)
+    elif args.telemetry and args.truth:
+        from analytics.scenario import evaluate_files
+        from smartmine.cli import catalog_from, settings_from
+
+        summary = evaluate_files(Path(args.telemetry), Path(args.truth), catalog_from(args),
+                                 settings_from(args).analytics)
     else:
-        raise UsageError("evaluate needs --nab DIR, or --scores OUT.csv with --labels FILE")
+        raise UsageError("evaluate needs --nab DIR, --scores OUT.csv with --labels FILE, "
+                         "or --telemetry FILE.jsonl with --truth FILE")
     if args.json:
         json.dump({"summary": summary, "series": per_file}, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -135,5 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scores", metavar="OUT.csv", help="a score-file output to evaluate")
     p.add_argument("--labels", metavar="FILE", help="NAB windows JSON or a ground-truth JSON list of intervals")
     p.add_argument("--series", help="which series of a NAB windows file (e.g. realKnownCause/nyc_taxi.csv)")
+    p.add_argument("--telemetry", metavar="FILE.jsonl", help="simulator output (smartmine simulate --out)")
+    p.add_argument("--truth", metavar="FILE", help="its ground truth (smartmine simulate --truth)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_evaluate)

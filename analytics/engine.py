@@ -4,7 +4,8 @@ This is the only place that decides the detector set (Telegraf's agent: the loop
 detectors are plugins). Per sensor, from its catalog entry:
 
 - every catalog limit -> a :class:`LimitRule` and an :class:`EarlyWarning` (gauges)
-- gauges -> robust median/MAD, EWMA chart, CUSUM, the shift/daily seasonal baseline, stuck detection
+- gauges -> robust median/MAD, EWMA chart, the shift/daily seasonal baseline, stuck detection, and the
+  CUSUM when ``cusum_enabled`` (off by default: see the setting)
 - counters -> counter-decrease; every sensor -> dropout, and out-of-physical-range when it has one
 - state sensors (on/off) -> only their limits
 - per equipment: PCA T²/Q over its gauges, and drift against each ``redundant_with`` neighbour
@@ -57,12 +58,13 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
             RobustZ(ctx, window=window, hop=hop, threshold=cfg.mad_threshold, severity=stat_sev, novelty=novelty),
             EwmaChart(ctx, window=window, hop=hop, threshold=cfg.ewma_threshold, smoothing=cfg.ewma_smoothing,
                       severity=stat_sev, novelty=novelty),
-            Cusum(ctx, window=window, hop=hop, threshold=cfg.cusum_threshold,
-                  memory=samples(cfg.cusum_memory_s, period, 2), severity=stat_sev, novelty=novelty),
             SeasonalBaseline(ctx, slot_s=cfg.seasonal_slot_s, utc_offset_s=utc_offset_s, days=cfg.seasonal_days,
                              threshold=cfg.seasonal_threshold, severity=stat_sev, novelty=novelty),
             Flatline(ctx, samples=samples(cfg.stuck_after_s, period, 3), severity=stat_sev),
         ]
+        if cfg.cusum_enabled:
+            dets.append(Cusum(ctx, window=window, hop=hop, threshold=cfg.cusum_threshold,
+                              memory=samples(cfg.cusum_memory_s, period, 2), severity=stat_sev, novelty=novelty))
     elif ctx.kind == "counter":
         dets.append(CounterDecrease(ctx, severity=stat_sev))
     dets.append(Dropout(ctx, factor=cfg.dropout_factor, severity=stat_sev))
@@ -109,13 +111,14 @@ class EquipmentScorer:
     def _pca(self, language: str) -> PcaMonitor | None:
         """PCA over the equipment's gauges, when it has at least two (rows at the fastest sensor's rate)."""
         gauges = [sid for sid, ctx in self.contexts.items() if ctx.kind == "gauge"]
-        if len(gauges) < 2:
+        if len(gauges) < 2 or not self.cfg.pca_enabled:
             return None
         period = min(self.contexts[sid].sample_period_s for sid in gauges)
         ctx = SensorContext(site=self.eq.site, area=self.eq.area, equipment=self.eq.id,
                             equipment_name=self.eq.name.get(language), sensor="", sensor_name="")
         pca = PcaMonitor(gauges, ctx, window=samples(self.cfg.pca_window_s, period, 4 * len(gauges)),
-                         hop=samples(self.cfg.pca_refit_s, period, 1), severity=self.cfg.statistical_severity)
+                         hop=samples(self.cfg.pca_refit_s, period, 1), severity=self.cfg.statistical_severity,
+                         novelty=samples(self.cfg.novelty_s, period, 0))
         pca.hold_s = self.cfg.clear_after_s
         return pca
 

@@ -144,7 +144,7 @@ class LineSums:
     def fit(self, window: int) -> tuple[float, float, float, float]:
         """(level at the last sample, slope per second, its standard error, last sample's ts) of the
         last ``window`` samples."""
-        (now, ts_end, u_end), (then, _, _) = self.prefix[-1], self.prefix[0]
+        (now, ts_end, u_end), (then, _, _) = self.prefix[-1], self.prefix[-(window + 1)]
         diff = np.array([[a - b for a, b in zip(now, then, strict=True)]])
         level, slope, se = line_from_sums(diff, window, np.array([u_end]), self.x0)
         return float(level[0]), float(slope[0]), float(se[0]), float(ts_end)

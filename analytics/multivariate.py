@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from analytics.detector import Detector, FloatArray, SensorContext, Verdicts, about, level_of, ratio_score, ratio_scores
-from analytics.kernels import HopWindow, broadcast
+from analytics.kernels import HopWindow, NoveltyGate, broadcast, novelty_gate
 
 VARIANCE_KEPT = 0.9
 LIMIT_QUANTILE = 99.5
@@ -66,7 +66,7 @@ class PcaMonitor(Detector):
     name = "pca"
 
     def __init__(self, columns: Sequence[str], ctx: SensorContext | None = None, *, window: int = 600,
-                 hop: int = 300, severity: str = "warning") -> None:
+                 hop: int = 300, severity: str = "warning", novelty: int = 0) -> None:
         super().__init__(ctx or SensorContext(sensor=""))
         self.columns = list(columns)
         self.rule = "pca:" + (self.ctx.equipment or "signals")
@@ -77,6 +77,8 @@ class PcaMonitor(Detector):
         self.last = np.full(len(self.columns), np.nan)
         self.model: tuple[FloatArray, FloatArray, FloatArray, FloatArray, float, float] | None = None
         self.ev: dict[str, float] = {}
+        self.novelty = novelty
+        self.gate = NoveltyGate(1.0, novelty)
 
     # The vector form: NaN means "no new reading for this column", not "skip the row".
     def step(self, ts: int, x: FloatArray) -> tuple[float, int]:  # type: ignore[override]
@@ -117,7 +119,8 @@ class PcaMonitor(Detector):
         self.ev = {"t2": t2, "q": q, "t2_limit": self.model[4], "q_limit": self.model[5], "stat": stat}
         if stat < 1.0:
             self.rows.append(row)
-        return ratio_score(stat, 1.0), (self._level if stat >= 1.0 else 0)
+        eff, flagged = self.gate.judge(stat)
+        return stat / (stat + eff), (self._level if flagged else 0)
 
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
         n = len(x)
@@ -138,8 +141,12 @@ class PcaMonitor(Detector):
             t2[sel], q[sel], t2_lim[sel], q_lim[sel] = a, b, tl, ql
             stat[sel] = np.maximum(a / tl, b / ql)
             normal.append(sel[stat[sel] < 1.0])
-        level = np.where(stat >= 1.0, self._level, 0).astype(np.int8)
-        return Verdicts(ratio_scores(stat, 1.0), level,
+        eff, flagged = novelty_gate(stat, 1.0, self.novelty)
+        score = np.zeros(n)
+        pos = stat > 0
+        score[pos] = stat[pos] / (stat[pos] + eff[pos])
+        level = np.where(flagged, self._level, 0).astype(np.int8)
+        return Verdicts(score, level,
                         {"t2": t2, "q": q, "t2_limit": t2_lim, "q_limit": q_lim, "stat": stat})
 
     def evidence(self) -> dict[str, float]:
@@ -168,7 +175,10 @@ class PcaMonitor(Detector):
 
 class RedundantDrift(Detector):
     """Drift against a redundant neighbour: the median difference between two sensors that measure the
-    same air, over a window, is more than ``share`` of the sensor's normal range."""
+    same air has moved, since the first window, by more than ``share`` of the sensor's normal range.
+
+    Two instruments at the same place never read exactly alike (mounting, calibration); that standing
+    offset is what the first window learns. Drift is the offset changing."""
 
     name = "drift"
 
@@ -184,11 +194,15 @@ class RedundantDrift(Detector):
         self.diffs: deque[float] = deque(maxlen=window)
         self.count = 0
         self.drift = math.nan
+        self.reference = math.nan
 
     def _step(self, ts: int, x: float) -> tuple[float, int]:
         """``x`` is this sensor minus the neighbour at the same time."""
         if self.hop.due(self.count):
-            self.drift = float(np.median(np.fromiter(self.diffs, dtype=np.float64)[None, :], axis=1)[0])
+            median = float(np.median(np.fromiter(self.diffs, dtype=np.float64)[None, :], axis=1)[0])
+            if math.isnan(self.reference):
+                self.reference = median
+            self.drift = median - self.reference
         self.diffs.append(x)
         self.count += 1
         if math.isnan(self.drift):
@@ -201,7 +215,8 @@ class RedundantDrift(Detector):
         fits = self.hop.fit_all(lambda w: (np.median(w, axis=1),), x)
         if not fits:
             return Verdicts.empty(len(x))
-        (drift,) = broadcast(fits, fit_idx)
+        (median,) = fits
+        (drift,) = broadcast((median - median[0],), fit_idx)
         stat = np.where(np.isfinite(drift), np.abs(drift), 0.0)
         level = np.where(stat >= self.limit, self._level, 0).astype(np.int8)
         return Verdicts(ratio_scores(stat, self.limit), level, {"drift": drift})
@@ -215,5 +230,5 @@ class RedundantDrift(Detector):
     def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
         fmt = self.ctx.fmt
         side = "above" if ev["drift"] > 0 else "below"
-        return (f"{self.ctx.where} reads {fmt(abs(ev['drift']))} {side} its redundant neighbour "
+        return (f"{self.ctx.where} has drifted {fmt(abs(ev['drift']))} {side} its redundant neighbour "
                 f"{self.neighbour} (allowed {fmt(self.limit)}): one of them drifts, calibrate")

@@ -134,7 +134,10 @@ class RobustZ(_RobustBase):
 
 
 class EwmaChart(_RobustBase):
-    """EWMA control chart: a small shift that lasts, against the recent median."""
+    """EWMA chart: a small shift that lasts. The reference (median and robust sigma) is taken of the
+    EWMA itself over the window, not of the raw samples: plant signals wander (load, ventilation,
+    weather) and a textbook sigma * sqrt(lambda / (2 - lambda)) limit, which assumes independent
+    samples, would flag every slow wander."""
 
     name = "ewma"
 
@@ -143,26 +146,25 @@ class EwmaChart(_RobustBase):
                  novelty_margin: float = NOVELTY_MARGIN) -> None:
         super().__init__(ctx, window, hop, threshold, severity, novelty, novelty_margin)
         self.alpha = smoothing
-        self.k = math.sqrt(smoothing / (2.0 - smoothing))
         self.z = math.nan  # the EWMA
-        self.e = 0.0  # its distance from the median in EWMA sigmas
+        self.e = 0.0  # its distance from the EWMA's recent median, in the EWMA's robust sigmas
 
     def _step(self, ts: int, x: float) -> tuple[float, int]:
         self._refit_if_due()
-        self.ring.push(x)
         self.z = x if math.isnan(self.z) else self.alpha * x + (1.0 - self.alpha) * self.z
+        self.ring.push(self.z)
         if math.isnan(self.median):
             self.e = 0.0
             return 0.0, 0
-        self.e = abs(self.z - self.median) / (self.sigma * self.k)
+        self.e = abs(self.z - self.median) / self.sigma
         return self._judge(self.e)
 
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
-        med, sigma, fit_idx = self._reference(x)
         z = ewma_init(x, self.alpha)
+        med, sigma, fit_idx = self._reference(z)
         e = np.zeros(len(x))
         ok = fit_idx >= 0
-        e[ok] = np.abs(z[ok] - med[ok]) / (sigma[ok] * self.k)
+        e[ok] = np.abs(z[ok] - med[ok]) / sigma[ok]
         score, level, eff = self._judge_all(e)
         return Verdicts(score, level, {"ewma": z, "median": med, "sigma": sigma, "e": e, "threshold": eff})
 
@@ -173,7 +175,7 @@ class EwmaChart(_RobustBase):
     def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
         side = "above" if ev["ewma"] >= ev["median"] else "below"
         return (f"{self.ctx.where} has shifted {side} its recent level: average {self.ctx.fmt(ev['ewma'])} "
-                f"vs median {self.ctx.fmt(ev['median'])} ({ev['e']:.1f} control-limit sigma)")
+                f"vs {self.ctx.fmt(ev['median'])} usually ({ev['e']:.1f} sigma)")
 
 
 class Cusum(_RobustBase):

@@ -147,27 +147,31 @@ class AnalyticsSettings(BaseModel):
     own statistic (robust sigmas, CUSUM units). Limits and ranges are never here: they are catalog data."""
 
     client_id: str = Field(default="smartmine-analytics", description="MQTT client id of the streaming job")
-    window_s: float = Field(default=240.0, gt=0, description="Robust reference window (median, MAD)")
-    hop_s: float = Field(default=30.0, gt=0, description="How often the reference is refitted")
-    mad_threshold: float = Field(default=6.0, gt=0, description="Robust z (|x - median| / sigma) that flags")
-    ewma_threshold: float = Field(default=5.0, gt=0, description="EWMA chart limit, in EWMA sigmas")
+    window_s: float = Field(default=900.0, gt=0, description="Robust reference window (median, MAD)")
+    hop_s: float = Field(default=60.0, gt=0, description="How often the reference is refitted")
+    mad_threshold: float = Field(default=8.0, gt=0, description="Robust z (|x - median| / sigma) that flags")
+    ewma_threshold: float = Field(default=8.0, gt=0, description="EWMA chart limit, in EWMA sigmas")
     ewma_smoothing: float = Field(default=0.1, gt=0, le=1, description="EWMA weight of the newest sample")
     cusum_threshold: float = Field(default=10.0, gt=0, description="CUSUM decision interval h, in sigmas")
     cusum_memory_s: float = Field(default=120.0, gt=0, description="How far back the CUSUM looks")
-    novelty_s: float = Field(default=900.0, ge=0, description="A statistical flag must beat everything "
+    cusum_enabled: bool = Field(default=False, description="Run the CUSUM on plant gauges (off: plant signals "
+                                "wander, and the CUSUM's independence assumption makes it cry wolf there)")
+    novelty_s: float = Field(default=3600.0, ge=0, description="A statistical flag must beat everything "
                              "the detector saw this long back (0: threshold only)")
     seasonal_slot_s: int = Field(default=3600, gt=0, description="Time-of-day slot of the seasonal baseline "
                                  "(divides a day; local site time)")
     seasonal_days: float = Field(default=3.0, gt=0, description="How many days the seasonal baseline remembers")
     seasonal_threshold: float = Field(default=5.0, gt=0, description="Sigmas from the slot's usual value that flag")
     early_window_s: float = Field(default=300.0, gt=0, description="Trend window of the early warning")
-    early_hop_s: float = Field(default=10.0, gt=0, description="How often the trend is refitted")
+    early_hop_s: float = Field(default=5.0, gt=0, description="How often the trend is refitted")
     early_horizon_s: float = Field(default=1800.0, gt=0, description="Warn when a limit is this close in time")
-    early_min_t: float = Field(default=6.0, gt=0, description="Slope must exceed this many standard errors")
+    early_min_t: float = Field(default=10.0, gt=0, description="Slope must exceed this many standard errors")
     stuck_after_s: float = Field(default=900.0, gt=0, description="Identical readings for this long: stuck")
     dropout_factor: float = Field(default=10.0, gt=1, description="Gap of this many sample periods: dropout")
     drift_threshold: float = Field(default=0.1, gt=0,
                                    description="Redundant pair: median difference as a share of the normal range")
+    pca_enabled: bool = Field(default=False, description="PCA T²/Q over each equipment's gauges (off: on the "
+                              "simulated plant it cried wolf, docs/benchmarks.md)")
     pca_window_s: float = Field(default=600.0, gt=0, description="PCA warm-up / refit window")
     pca_refit_s: float = Field(default=300.0, gt=0, description="How often the PCA model is refitted")
     clear_after_s: float = Field(default=30.0, ge=0,

@@ -50,6 +50,8 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
     "cusum": lambda: Cusum(CH4, window=40, hop=7, threshold=5.0, memory=30, novelty=25),
     "early": lambda: EarlyWarning(CH4, METHANE, window=30, hop=5, horizon_s=600, min_t=3.0),
     "early_low": lambda: EarlyWarning(CH4, O2_LOW, window=30, hop=5, horizon_s=600, min_t=3.0),
+    "early_two_windows": lambda: EarlyWarning(CH4, METHANE, window=30, hop=5, horizon_s=600, min_t=3.0,
+                                              short_window=8),
     "seasonal": lambda: SeasonalBaseline(CH4, slot_s=60, utc_offset_s=3600, days=2.0, min_count=3,
                                          threshold=3.0, novelty=20),
     "stuck": lambda: Flatline(CH4, samples=5),
@@ -254,7 +256,7 @@ def test_batch_and_streaming_produce_the_same_episodes() -> None:
     x[700:] = 0.4  # flat: stuck
     x[400:410] = np.nan
     ts = T0 + np.arange(900, dtype=np.int64) * 1_000_000_000
-    cfg = AnalyticsSettings(stuck_after_s=60, clear_after_s=5)
+    cfg = AnalyticsSettings(window_s=240, hop_s=30, mad_threshold=6, stuck_after_s=60, clear_after_s=5)
     stream = EquipmentScorer(GAS, cfg)
     live = [t for i in range(900) for t in stream.step(int(ts[i]), {"ch4_pct": float(x[i])})]
     batch = EquipmentScorer(GAS, cfg).run(pd.DataFrame({"time": pd.to_datetime(ts, utc=True), "ch4_pct": x}))
@@ -300,7 +302,7 @@ def test_equipment_pca_finds_belt_slip_the_same_way_in_both_forms() -> None:
         "vibration_kurtosis": 3.0 + 0.05 * rng.standard_normal(n),
     })
     frame.loc[1200:, "belt_speed_m_s"] -= 0.12  # slip: the belt lags the drive drum
-    cfg = AnalyticsSettings(pca_window_s=600, pca_refit_s=120)
+    cfg = AnalyticsSettings(pca_enabled=True, pca_window_s=600, pca_refit_s=120)
     batch = EquipmentScorer(belt, cfg).run(frame)
     stream = EquipmentScorer(belt, cfg)
     cols = [c for c in frame.columns if c != "time"]

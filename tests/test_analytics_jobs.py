@@ -207,3 +207,19 @@ def test_evaluate_on_a_nab_file(tmp_path: Path) -> None:
                 "nab_standard", "nab_reward_low_fp_rate", "nab_reward_low_fn_rate"):
         assert key in summary
     assert summary["nab_standard"] > 0  # better than the null detector
+
+
+def test_evaluate_a_simulated_scenario_against_its_ground_truth(tmp_path: Path) -> None:
+    """The simulators' demo: methane crosses the 1.0 % alarm and the 1.5 % power-off within a minute."""
+    telemetry, truth = tmp_path / "demo.jsonl", tmp_path / "truth.json"
+    subprocess.run([sys.executable, "-m", "smartmine.cli", "simulate", "--scenario", "demo", "--site", SITE,
+                    "--start", "2026-11-27T08:00:00Z", "--duration", "3m", "--speed", "max",
+                    "--out", str(telemetry), "--truth", str(truth)], check=True, capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "smartmine.cli", "analyze", "evaluate", "--telemetry", str(telemetry),
+                           "--truth", str(truth), "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)["summary"]
+    assert summary["limit_violating_samples"] > 0
+    assert summary["limit_recall"] == 1.0, "every sample past a limit lies in a limit alarm"
+    assert summary["limit_excursions_not_flagged_on_first_sample"] == 0, "zero delay"
+    assert summary["found_by_kind"]["methane_accumulation"] == "1/1"

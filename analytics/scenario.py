@@ -1,0 +1,248 @@
+"""Scoring the analytics on the simulators' scenarios: their telemetry (JSON Lines) against their
+ground truth (a JSON list of fault intervals), as ``smartmine analyze evaluate --telemetry --truth``.
+
+The telemetry is scored with the batch form per equipment (the same answers as the streaming job, a
+test proves it), after the same de-duplication InfluxDB applies (one sample per series and time).
+Measured:
+
+- event recall: a fault interval is found when an anomaly episode on its equipment starts inside it
+  (or up to ``grace_s`` after it ends); a ventilation failure also counts as found by an episode at
+  any gas monitor of its site, because that is where it shows. Transport faults other than message
+  loss (duplicates, reordering, lateness, clock skew) are not faults of the plant and are not counted.
+- event precision: an episode is right when it falls in any fault interval of its equipment
+  (transport included), otherwise it is a false alarm.
+- detection delay: episode start minus fault start, for found faults.
+- limit rules: every sample at or past a catalog limit must lie inside an episode of that limit
+  (recall) that started no later than the first violating sample of the excursion (zero delay).
+- early warning: for every limit excursion, whether an ``early:`` warning on the same limit fired before
+  it, and how long before.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analytics.engine import EquipmentScorer, utc_offset
+from analytics.episodes import Transition
+from smartmine.catalog import Catalog
+from smartmine.config import AnalyticsSettings
+from smartmine.errors import UsageError
+
+SPREADING = {"ventilation_failure": "gas_monitor"}  # fault kind -> equipment type where it also shows
+NOT_PLANT_FAULTS = {"duplicate", "out_of_order", "late", "clock_skew"}
+
+
+@dataclass(frozen=True, slots=True)
+class FaultInterval:
+    site: str
+    equipment: str
+    sensor: str | None
+    kind: str
+    layer: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeRecord:
+    site: str
+    equipment: str
+    rule: str
+    detector: str
+    start: int
+    end: int | None
+
+
+def _ns(text: str) -> int:
+    ts = pd.Timestamp(text)
+    ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+    return int(ts.as_unit("ns").value)
+
+
+def load_truth(path: Path) -> list[FaultInterval]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read the ground truth: {exc}") from None
+    if not isinstance(data, list):
+        raise UsageError(f"{path}: the ground truth must be a JSON list of intervals")
+    try:
+        return [FaultInterval(d["site"], d["equipment"], d.get("sensor"), d["kind"], d.get("layer", "process"),
+                              _ns(d["start"]), _ns(d["end"])) for d in data]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: an interval lacks site/equipment/kind/start/end ({exc})") from None
+
+
+def load_telemetry(path: Path) -> dict[tuple[str, str], pd.DataFrame]:
+    """JSON Lines ``{"topic", "payload"}`` as one frame per equipment (time + one column per sensor),
+    sorted by time, one row per timestamp (the last message wins, as in InfluxDB); ``bad`` readings blank."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    try:
+        fh = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    with fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                msg = json.loads(line)
+                parts = msg["topic"].split("/")
+                payload = msg["payload"]
+                site, equipment, channel = parts[-4], parts[-2], parts[-1]
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                raise UsageError(f"{path}:{n}: not a {{topic, payload}} JSON line") from None
+            if channel != "telemetry":
+                continue
+            row: dict[str, Any] = {"time": payload["ts"]}
+            for sensor, r in payload.get("readings", {}).items():
+                if isinstance(r, dict):
+                    row[sensor] = math.nan if r.get("quality") == "bad" else r.get("value")
+                else:
+                    row[sensor] = r
+            rows[(site, equipment)].append(row)
+    frames = {}
+    for key, items in rows.items():
+        frame = pd.DataFrame(items)
+        frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+        frame = frame.sort_values("time", kind="stable").drop_duplicates("time", keep="last")
+        frames[key] = frame.reset_index(drop=True)
+    return frames
+
+
+def score_telemetry(frames: dict[tuple[str, str], pd.DataFrame], catalog: Catalog,
+                    cfg: AnalyticsSettings) -> tuple[list[Transition], list[EpisodeRecord]]:
+    """Run every equipment's detectors on its frame; the transitions and the resulting episodes."""
+    transitions: list[Transition] = []
+    for (site, eq_id), frame in frames.items():
+        eq = catalog.equipment(site, eq_id)
+        if eq is None:
+            continue
+        scorer = EquipmentScorer(eq, cfg, utc_offset_s=utc_offset(catalog, site))
+        transitions += scorer.run(frame)
+        if scorer.drift and (site, eq.redundant_with[0]) in frames:
+            transitions += scorer.run_drift(frame, frames[(site, eq.redundant_with[0])])
+    return transitions, episodes_of(transitions)
+
+
+def episodes_of(transitions: list[Transition]) -> list[EpisodeRecord]:
+    """One record per episode: its start and (when cleared) its end."""
+    open_: dict[tuple[str, str, str], EpisodeRecord] = {}
+    done: list[EpisodeRecord] = []
+    for t in sorted(transitions, key=lambda t: t.ts):
+        ctx = t.anomaly.ctx
+        key = (ctx.site, ctx.equipment, t.episode.rule)
+        if t.kind == "firing" and key not in open_:
+            open_[key] = EpisodeRecord(ctx.site, ctx.equipment, t.episode.rule, t.episode.detector, t.episode.start,
+                                       None)
+        elif t.kind == "cleared" and key in open_:
+            e = open_.pop(key)
+            done.append(EpisodeRecord(e.site, e.equipment, e.rule, e.detector, e.start, t.episode.last))
+    return done + list(open_.values())
+
+
+def evaluate(frames: dict[tuple[str, str], pd.DataFrame], truth: list[FaultInterval], catalog: Catalog,
+             cfg: AnalyticsSettings, grace_s: float = 120.0) -> dict[str, Any]:
+    _, episodes = score_telemetry(frames, catalog, cfg)
+    grace = int(grace_s * 1e9)
+    types = {(eq.site, eq.id): eq.type for eq in catalog.all_equipment()}
+
+    def relevant(f: FaultInterval, e: EpisodeRecord) -> bool:
+        if e.site != f.site:
+            return False
+        return e.equipment == f.equipment or types.get((e.site, e.equipment)) == SPREADING.get(f.kind)
+
+    faults = [f for f in truth if f.kind not in NOT_PLANT_FAULTS]
+    found = 0
+    delays = []
+    per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for f in faults:
+        hits = [e.start for e in episodes if relevant(f, e) and f.start <= e.start <= f.end + grace]
+        per_kind[f.kind][1] += 1
+        if hits:
+            found += 1
+            per_kind[f.kind][0] += 1
+            delays.append((min(hits) - f.start) / 1e9)
+    true_eps = [e for e in episodes if any(relevant(f, e) and f.start <= e.start <= f.end + grace for f in truth)]
+    false_eps = [e for e in episodes if e not in true_eps]
+    out: dict[str, Any] = {
+        "faults": len(faults), "faults_found": found,
+        "event_recall": round(found / len(faults), 4) if faults else None,
+        "episodes": len(episodes), "false_alarms": len(false_eps),
+        "event_precision": round(len(true_eps) / len(episodes), 4) if episodes else None,
+        "delay_median_s": round(float(np.median(delays)), 1) if delays else None,
+        "delay_max_s": round(float(np.max(delays)), 1) if delays else None,
+        "found_by_kind": {k: f"{v[0]}/{v[1]}" for k, v in sorted(per_kind.items())},
+        "false_alarm_rules": _count(e.rule.split(":")[0] for e in false_eps),
+    }
+    out.update(_limits_and_early(frames, episodes, catalog))
+    return out
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for i in items:
+        out[i] += 1
+    return dict(sorted(out.items()))
+
+
+def _limits_and_early(frames: dict[tuple[str, str], pd.DataFrame], episodes: list[EpisodeRecord],
+                      catalog: Catalog) -> dict[str, Any]:
+    """Limit recall / delay from the raw samples, and the lead of early warnings before each excursion."""
+    by_rule: dict[tuple[str, str, str], list[EpisodeRecord]] = defaultdict(list)
+    for e in episodes:
+        by_rule[(e.site, e.equipment, e.rule)].append(e)
+    violating = covered = late = excursions = warned = 0
+    leads = []
+    for (site, eq_id), frame in frames.items():
+        eq = catalog.equipment(site, eq_id)
+        if eq is None:
+            continue
+        ts = pd.DatetimeIndex(frame["time"]).as_unit("ns").asi8
+        for sid, sensor in eq.sensors.items():
+            if sid not in frame.columns:
+                continue
+            x = pd.to_numeric(frame[sid], errors="coerce").to_numpy(dtype=np.float64)
+            for lim in sensor.limits:
+                level = lim.alarm if lim.alarm is not None else lim.power_off
+                assert level is not None
+                bad = (x >= level) if lim.direction == "high" else (x <= level)
+                if not bad.any():
+                    continue
+                eps = by_rule.get((site, eq_id, f"limit:{lim.name}"), [])
+                inside = np.zeros(len(x), dtype=bool)
+                for e in eps:
+                    inside |= (ts >= e.start) & (ts <= (e.end if e.end is not None else ts[-1]))
+                violating += int(bad.sum())
+                covered += int((bad & inside).sum())
+                starts = np.flatnonzero(bad & ~np.concatenate([[False], bad[:-1]]))  # first sample of excursions
+                late += int(sum(1 for i in starts if not inside[i]))
+                early_eps = by_rule.get((site, eq_id, f"early:{lim.name}"), [])
+                for i in starts:
+                    if i > 0 and inside[i - 1]:
+                        continue  # still the same alarm (hysteresis), not a new crossing
+                    excursions += 1
+                    before = [e.start for e in early_eps if e.start <= ts[i]]
+                    if before:
+                        warned += 1
+                        leads.append((ts[i] - max(before)) / 1e9)
+    return {
+        "limit_violating_samples": violating,
+        "limit_recall": round(covered / violating, 6) if violating else None,
+        "limit_excursions_not_flagged_on_first_sample": late,
+        "limit_crossings": excursions,
+        "early_warned_before_crossing": warned,
+        "early_lead_s_median": round(float(np.median(leads)), 1) if leads else None,
+    }
+
+
+def evaluate_files(telemetry: Path, truth: Path, catalog: Catalog, cfg: AnalyticsSettings) -> dict[str, Any]:
+    return evaluate(load_telemetry(telemetry), load_truth(truth), catalog, cfg)
