@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from simulators.faults import (
     FAULT_KINDS,
+    BearingDegradation,
     ClockSkew,
     Duplicate,
     Fault,
@@ -31,6 +32,7 @@ from simulators.faults import (
     Target,
     TransportFault,
     VentilationFailure,
+    bpfo_hz,
 )
 from simulators.model import (
     Device,
@@ -63,7 +65,6 @@ class Stats:
     ticks: int = 0
     messages: int = 0
     readings: int = 0
-    by_fault: dict[str, int] = field(default_factory=dict)
 
 
 def replica_site_id(site: str, replica: int) -> str:
@@ -181,7 +182,13 @@ class Simulation:
             for eq in p.equipment:
                 entry = self.catalog.equipment(p.site, eq)
                 assert entry is not None
-                out.append(self._interval(p, entry.area, eq, p.sensor, p.kind, p.start, p.end, cls.layer, end))
+                extra = cls.resolved_params(p.params, entry.sensors, p.sensor)
+                rotating = entry.type_spec.rotating
+                if cls is BearingDegradation and rotating is not None and rotating.bearing is not None:
+                    # Where a spectrum would show it (the telemetry carries RMS and kurtosis only).
+                    extra["bpfo_hz"] = round(bpfo_hz(rotating.bearing), 2)
+                out.append(self._interval(p, entry.area, eq, p.sensor, p.kind, p.start, p.end, cls.layer, end,
+                                          extra))
             if cls is VentilationFailure:
                 out.extend(self._downstream_methane(p, end))
         return [o for o in out if o]

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simulators.model import TypeGroup
 from smartmine.catalog import ResolvedSensor
+from smartmine.catalog.model import BearingGeometry
 
 Layer = Literal["process", "sensor", "transport"]
 
@@ -81,6 +82,11 @@ class Fault:
         return (tick - self.start_tick) * dt_s
 
     @classmethod
+    def resolved_params(cls, params: Any, sensors: dict[str, ResolvedSensor], main: str | None) -> dict[str, Any]:
+        """The parameters as they act on this equipment: defaults derived from the catalog filled in."""
+        return dict(params.model_dump(exclude_none=True))
+
+    @classmethod
     def check_target(cls, sensors: dict[str, ResolvedSensor], sensor: str | None) -> None:
         """Raise :class:`FaultTargetError` when this kind cannot act on equipment with ``sensors``."""
         if cls.layer == "transport":
@@ -133,6 +139,12 @@ class BearingDegradation(ProcessFault):
     extra_sensors = ("vibration_kurtosis", "bearing_temp_c")
     Params = BearingParams
 
+    @classmethod
+    def resolved_params(cls, params: Any, sensors: dict[str, ResolvedSensor], main: str | None) -> dict[str, Any]:
+        out = super().resolved_params(params, sensors, main)
+        out.setdefault("vibration_peak_mm_s", _vibration_peak(sensors[main or cls.default_sensor or ""]))
+        return out
+
     def act(self, t: Target, tick: int, dt_s: float) -> None:
         p: BearingParams = self.params
         ramp = self.progress(tick) if p.ramp_s is None else min(1.0, self.elapsed_s(tick, dt_s) / p.ramp_s)
@@ -146,6 +158,14 @@ class BearingDegradation(ProcessFault):
             f.pv_add[t.device, j] += s * max(0.0, p.kurtosis_peak - base[j])
         if "bearing_temp_c" in t.sensors:
             f.add[t.device, t.sensors["bearing_temp_c"]] += s * p.temp_rise_k
+
+
+def bpfo_hz(bearing: BearingGeometry) -> float:
+    """Ball-pass frequency of the outer race, where a spalled outer race shows in the spectrum:
+    BPFO = (n / 2) * f_r * (1 - (d / D) * cos(phi))."""
+    ratio = bearing.ball_diameter_mm / bearing.pitch_diameter_mm
+    return bearing.rolling_elements / 2.0 * bearing.shaft_hz * (1.0 - ratio * math.cos(math.radians(
+        bearing.contact_angle_deg)))
 
 
 def _vibration_peak(sensor: ResolvedSensor) -> float:
@@ -187,6 +207,12 @@ class MethaneAccumulation(ProcessFault):
     default_sensor = "ch4_pct"
     Params = MethaneParams
 
+    @classmethod
+    def resolved_params(cls, params: Any, sensors: dict[str, ResolvedSensor], main: str | None) -> dict[str, Any]:
+        out = super().resolved_params(params, sensors, main)
+        out.setdefault("peak_pct", round(_methane_peak(sensors[main or "ch4_pct"], 1.05), 4))
+        return out
+
     def act(self, t: Target, tick: int, dt_s: float) -> None:
         p: MethaneParams = self.params
         e = self.elapsed_s(tick, dt_s)
@@ -218,6 +244,12 @@ class GasOutburst(ProcessFault):
     default_severity = "emergency"
     default_sensor = "ch4_pct"
     Params = OutburstParams
+
+    @classmethod
+    def resolved_params(cls, params: Any, sensors: dict[str, ResolvedSensor], main: str | None) -> dict[str, Any]:
+        out = super().resolved_params(params, sensors, main)
+        out.setdefault("peak_pct", round(_methane_peak(sensors[main or "ch4_pct"], 1.5), 4))
+        return out
 
     def act(self, t: Target, tick: int, dt_s: float) -> None:
         p: OutburstParams = self.params
@@ -383,8 +415,9 @@ class Spike(SensorFault):
         hit, sign = self.rng.uniform(), self.rng.uniform()
         if hit < p.probability:
             # Downwards only where that stays inside the instrument's range: out of range is its own fault.
-            down = sign < 0.5 and values[t.device, t.main] - amplitude >= t.catalog["main"].spec.physical[0]
-            values[t.device, t.main] += -amplitude if down else amplitude
+            lo_phys, hi_phys = t.catalog["main"].spec.physical
+            down = sign < 0.5 and values[t.device, t.main] - amplitude >= lo_phys
+            values[t.device, t.main] = min(hi_phys, values[t.device, t.main] + (-amplitude if down else amplitude))
 
 
 class DropoutParams(_Params):

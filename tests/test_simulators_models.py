@@ -64,6 +64,9 @@ def test_cli_out_files_are_byte_identical_and_truth_is_rfc3339(tmp_path: Path, c
     kinds = {(i["equipment"], i["kind"]) for i in intervals}
     assert ("gas_upper_corner_1203", "methane_accumulation") in kinds
     assert ("belt_main_1", "bearing_degradation") in kinds
+    bearing = next(i for i in intervals if i["kind"] == "bearing_degradation")
+    # BPFO of the belt drive's bearing from the catalog geometry: 12/2 * 16.5 Hz * (1 - 22.2/142)
+    assert bearing["params"]["bpfo_hz"] == pytest.approx(83.52, abs=0.01)
     for i in intervals:
         assert {"site", "area", "equipment", "sensor", "kind", "start", "end", "severity", "params"} <= set(i)
         start, end = datetime.fromisoformat(i["start"]), datetime.fromisoformat(i["end"])
