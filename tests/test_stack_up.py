@@ -211,3 +211,13 @@ def test_down_stops_what_a_killed_up_left_behind(tmp_path: Path) -> None:
 def test_down_with_nothing_running_says_so(tmp_path: Path) -> None:
     proc = smartmine("down", "--data-dir", str(tmp_path))
     assert proc.returncode == 0 and "not running" in proc.stdout
+
+
+def test_up_refuses_a_disk_without_room(tmp_path: Path) -> None:
+    # More free space than any disk has: the same path a nearly full disk takes.
+    proc = smartmine("up", "--headless", "--data-dir", str(tmp_path / "data"),
+                     env=_env(SMARTMINE_STACK__MIN_FREE_DISK_MB=str(10**12)))
+    assert proc.returncode == 2
+    assert f"free on the disk holding {tmp_path / 'data'}" in proc.stderr
+    assert "--data-dir on a larger disk" in proc.stderr
+    assert not (tmp_path / "data" / "up.lock").exists()
