@@ -489,7 +489,8 @@ def _down(args: argparse.Namespace) -> int:
         print(f"smartmine up is not running on {data_dir}")
         return 0
     state = lock.read_state()
-    timeout = args.timeout or (settings.stack.stop_timeout_s * 2 + 30)
+    # up stops its children one after the other, each allowed stop_timeout_s: wait for all of them.
+    timeout = args.timeout or settings.stack.stop_timeout_s * max(1, len(state.get("children", []))) + 15
     if lock.try_acquire():
         # Nobody holds the lock: an up that died without cleaning up. Stop what it left running.
         n = stop_pids(lock.leftovers(), settings.stack.stop_timeout_s, print)
