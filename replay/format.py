@@ -179,13 +179,16 @@ class ChunkInfo:
     offset: int
     length: int  # frame length, header included
     count: int
-    first_ns: int
+    first_ns: int                      # the recording's time axis (receive time)
     last_ns: int
     crc32: int
+    first_ts_ns: int | None = None     # the samples' own times (valid telemetry), for --rebase-time
+    last_ts_ns: int | None = None
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | None]:
         return {"offset": self.offset, "length": self.length, "count": self.count,
-                "first_ns": self.first_ns, "last_ns": self.last_ns, "crc32": self.crc32}
+                "first_ns": self.first_ns, "last_ns": self.last_ns, "crc32": self.crc32,
+                "first_ts_ns": self.first_ts_ns, "last_ts_ns": self.last_ts_ns}
 
 
 @dataclass(slots=True)
@@ -289,8 +292,9 @@ class RecordingWriter:
         self._sha.update(header)
         self._sha.update(body)
         m = self.manifest
+        stamps = [t for t in chunk.ts_ns if t is not None]
         info = ChunkInfo(self._offset, len(header) + len(body), len(chunk), min(chunk.time_ns), max(chunk.time_ns),
-                         zlib.crc32(body))
+                         zlib.crc32(body), min(stamps, default=None), max(stamps, default=None))
         m.chunks.append(info)
         self._offset += info.length
         m.first_ns = info.first_ns if m.first_ns is None else min(m.first_ns, info.first_ns)

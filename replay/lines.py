@@ -76,6 +76,12 @@ class LineEncoder:
         self.trust_fields = trust_fields
         self._series: dict[str, _Series | tuple[str, str]] = {}
         self.rejected = Rejected()
+        self.first_ns: int | None = None  # earliest and latest timestamp of the lines made
+        self.last_ns: int | None = None
+
+    def _saw(self, lo: int, hi: int) -> None:
+        self.first_ns = lo if self.first_ns is None else min(self.first_ns, lo)
+        self.last_ns = hi if self.last_ns is None else max(self.last_ns, hi)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -146,7 +152,8 @@ class LineEncoder:
         set + shifted time, joined in C); any message that needs more (invalid, refused by the catalog, no
         stored field set) sends the whole chunk through :meth:`encode`, which keeps the order and the counts.
         """
-        if self.trust_fields and chunk.batch is not None:
+        # Column-wise pays off for many messages; a paced replay sends them one by one.
+        if self.trust_fields and chunk.batch is not None and len(index) >= 64:
             done = self._encode_columns(chunk.batch, index, shift_ns)
             if done is not None:
                 return done
@@ -174,11 +181,12 @@ class LineEncoder:
         if pc.any(needs_more).as_py():
             return None
         # The wire format carries microseconds: a shifted time is truncated to them, as a payload's would be.
-        micros = pc.divide(pc.add(stamps, shift_ns), 1000)
-        stamp_text = pc.cast(pc.multiply(micros, 1000), pa.string())
-        lines = pc.binary_join_element_wise(prefix, fields, stamp_text, " ").filter(ready)
+        written = pc.multiply(pc.divide(pc.add(stamps, shift_ns), 1000), 1000)
+        lines = pc.binary_join_element_wise(prefix, fields, pc.cast(written, pa.string()), " ").filter(ready)
         if not len(lines):
             return b"", 0, 0
+        lo_hi = pc.min_max(written.filter(ready))
+        self._saw(lo_hi["min"].as_py(), lo_hi["max"].as_py())
         body = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines), "\n")
         readings = pc.sum(batch.column("readings").filter(ready)).as_py() or 0
         return body[0].as_buffer().to_pybytes(), len(lines), int(readings)
@@ -210,6 +218,7 @@ class LineEncoder:
             if fields_i is not None:
                 out.append(f"{target.prefix} {fields_i} {t_us * 1000}")
                 readings_total += counts[i] or 0
+                self._saw(t_us * 1000, t_us * 1000)
                 continue
             sample = loads(payloads[i])
             readings = self._readings(target, map(_from_json, sample["readings"].items()), self.rejected)
@@ -222,6 +231,7 @@ class LineEncoder:
                 self.rejected.add("unwritable", f"{target.where}: {exc}")
                 continue
             readings_total += len(readings)
+            self._saw(t_us * 1000, t_us * 1000)
         return readings_total
 
 

@@ -124,7 +124,7 @@ def replay(source: Source, sink: Sink, *, speed: float | None = None, rebase_to_
     period_ns = 0
     base_shift: int | None = 0
     if rebase_to_ns is not None:
-        bounds = source.time_bounds(sel.start_ns, sel.end_ns)
+        bounds = source.sample_bounds(sel.start_ns, sel.end_ns)
         base_shift = None if bounds is None else rebase_shift(rebase_to_ns, *bounds, speed)
         stats.shift_ns = base_shift or 0
     try:
@@ -179,8 +179,9 @@ def _one_pass(source: Source, sink: Sink, sel: Selection, pacer: Pacer | None, s
             continue
         earliest, latest = chunk.time_range(index)
         if base_shift is None:
-            assert rebase_to_ns is not None  # bounds unknown: the first message lands at the start
-            base_shift = stats.shift_ns = rebase_to_ns - chunk.time_ns[index[0]]
+            assert rebase_to_ns is not None  # bounds unknown: the first sample lands at the start
+            stamp = chunk.ts_ns[index[0]]
+            base_shift = stats.shift_ns = rebase_to_ns - (stamp if stamp is not None else chunk.time_ns[index[0]])
         if first is None:
             first = earliest
         last = latest if last is None else max(last, latest)

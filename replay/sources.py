@@ -38,8 +38,9 @@ class Source:
         """How the input was made (a recording's manifest ``meta``), if it says."""
         return None
 
-    def time_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
-        """Earliest and latest time of the messages in [start, end), as far as known without replaying."""
+    def sample_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
+        """Earliest and latest sample time (``ts``) of the messages in [start, end) of the time axis, as far as
+        known without replaying (an estimate is fine: it places a --rebase-time replay)."""
         return None
 
     def chunks(self, start_ns: int | None = None, end_ns: int | None = None) -> Iterator[Chunk]:
@@ -62,14 +63,13 @@ class RecordingSource(Source):
     def meta(self) -> dict[str, object] | None:
         return self.reader.manifest.meta if self.reader.manifest else None
 
-    def time_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
-        chunks = self.select(start_ns, end_ns)
-        if self.reader.manifest is None or not chunks:
+    def sample_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
+        if self.reader.manifest is None:
             return None
-        lo, hi = min(c.first_ns for c in chunks), max(c.last_ns for c in chunks)
-        lo = lo if start_ns is None else max(lo, start_ns)
-        hi = hi if end_ns is None else min(hi, end_ns - 1)
-        return (lo, hi) if lo <= hi else None
+        chunks = self.select(start_ns, end_ns)
+        firsts = [c.first_ts_ns for c in chunks if c.first_ts_ns is not None]
+        lasts = [c.last_ts_ns for c in chunks if c.last_ts_ns is not None]
+        return (min(firsts), max(lasts)) if firsts and lasts else None
 
     def select(self, start_ns: int | None, end_ns: int | None) -> list[ChunkInfo]:
         """The chunks that can hold messages in [start, end) — the manifest's time ranges prune the rest."""
@@ -106,8 +106,8 @@ class JsonLinesSource(Source):
         with self._open() as fh:
             yield from self._parse(fh)
 
-    def time_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
-        # A quick pass reading only each payload's "ts" (no validation).
+    def sample_bounds(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int] | None:
+        # The time axis is the samples' ts: a quick pass reading only that (no validation).
         lo = hi = None
         with self._open() as fh:
             for line in fh:

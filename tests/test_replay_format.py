@@ -202,7 +202,7 @@ def test_column_wise_encoding_gives_the_same_bytes_as_line_by_line(tmp_path: Pat
     for n, (topic, payload) in enumerate(msgs):
         built.append(n, topic, payload, 1, False, classify(topic, payload, encoder))
     decoded = Chunk.from_arrow(built.to_arrow())
-    for index in (range(len(msgs)), [1, 2, 7, 50, 99]):
+    for index in (range(len(msgs)), [*range(1, 130, 2)]):
         for shift in (0, -5_000_000_123):
             fast = LineEncoder(catalog, trust_fields=True)
             body, lines, readings = fast.encode_chunk(decoded, index, shift)
