@@ -19,7 +19,8 @@ class Flatline(Detector):
     """Stuck / flatline: the same value, bit for bit, for ``samples`` samples in a row.
 
     A live analogue sensor always carries some noise in its last digits; a frozen transmitter
-    repeats its last value exactly.
+    repeats its last value exactly. A run at the bottom of the physical range (0 A, 0 m³/h) is a
+    stopped machine, not a frozen transmitter, and is not flagged.
     """
 
     name = "stuck"
@@ -28,6 +29,7 @@ class Flatline(Detector):
         super().__init__(ctx)
         self.rule = f"health:stuck:{self.ctx.sensor}"
         self.samples = samples
+        self.floor = ctx.physical[0] if ctx.physical is not None else math.nan
         self._level = level_of(severity)
         self.prev = math.nan
         self.run_len = 0
@@ -35,6 +37,8 @@ class Flatline(Detector):
     def _step(self, ts: int, x: float) -> tuple[float, int]:
         self.run_len = self.run_len + 1 if x == self.prev else 1
         self.prev = x
+        if x == self.floor:
+            return 0.0, 0
         return ratio_score(float(self.run_len), float(self.samples)), (
             self._level if self.run_len >= self.samples else 0)
 
@@ -45,8 +49,10 @@ class Flatline(Detector):
         change[1:] = x[1:] != x[:-1]
         start = np.maximum.accumulate(np.where(change, idx, 0)) if n else idx
         run = (idx - start + 1).astype(np.float64)
-        level = np.where(run >= self.samples, self._level, 0).astype(np.int8)
-        return Verdicts(ratio_scores(run, float(self.samples)), level, {"run_samples": run})
+        stopped = x == self.floor
+        level = np.where((run >= self.samples) & ~stopped, self._level, 0).astype(np.int8)
+        score = np.where(stopped, 0.0, ratio_scores(run, float(self.samples)))
+        return Verdicts(score, level, {"run_samples": run})
 
     def evidence(self) -> dict[str, float]:
         return {"run_samples": float(self.run_len)}

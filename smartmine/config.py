@@ -166,7 +166,7 @@ class AnalyticsSettings(BaseModel):
     early_hop_s: float = Field(default=5.0, gt=0, description="How often the trend is refitted")
     early_horizon_s: float = Field(default=1800.0, gt=0, description="Warn when a limit is this close in time")
     early_min_t: float = Field(default=10.0, gt=0, description="Slope must exceed this many standard errors")
-    stuck_after_s: float = Field(default=900.0, gt=0, description="Identical readings for this long: stuck")
+    stuck_after_s: float = Field(default=600.0, gt=0, description="Identical readings for this long: stuck")
     dropout_factor: float = Field(default=10.0, gt=1, description="Gap of this many sample periods: dropout")
     drift_threshold: float = Field(default=0.1, gt=0,
                                    description="Redundant pair: median difference as a share of the normal range")

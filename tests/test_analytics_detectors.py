@@ -227,6 +227,8 @@ def test_sensor_health_names_the_fault() -> None:
     ts = T0 + np.arange(10, dtype=np.int64) * 1_000_000_000
     stuck = Flatline(CH4, samples=4).detect(pd.Series([0.41, 0.42] + [0.43] * 8, index=ts))
     assert stuck[0].ts == ts[5] and "read exactly 0.43 % for about 4 s: sensor stuck?" in stuck[0].message
+    stopped = Flatline(CH4, samples=4).detect(pd.Series([0.4] + [0.0] * 9, index=ts))
+    assert stopped == [], "a reading at the bottom of the physical range is a stopped machine"
     rng = PhysicalRange(CH4).detect(pd.Series([0.4, 120.0, 0.4], index=ts[:3]))
     assert len(rng) == 1 and "sensor fault" in rng[0].message
     gap_ts = ts.copy()
