@@ -90,6 +90,8 @@ class TypeModel(_Strict):
     cycle: CycleModel | None = None
     running: RunningModel | None = None
     sensors: dict[str, dict[str, Any]]
+    # Per catalog limit profile (where the equipment hangs): sensor -> fields that differ there.
+    profiles: dict[str, dict[str, dict[str, Any]]] = {}
 
 
 class SiteKindModel(_Strict):
@@ -171,6 +173,21 @@ def resolve_models(catalog: Catalog, file: Path = MODELS_FILE) -> Models:
             if spec.sensors[sid].kind == "counter" and (models[sid].noise or models[sid].wander):
                 raise ModelError(f"{where}.sensors.{sid}: a counter's register is exact; set noise and wander to 0")
         sensors[tid] = _dependency_order(where, models, tmodel, spec)
+        for profile, overrides in tmodel.profiles.items():
+            pwhere = f"{where}.profiles.{profile}"
+            if profile not in spec.limit_profiles:
+                raise ModelError(f"{pwhere}: not a limit profile of the catalog type "
+                                 f"(known: {', '.join(spec.limit_profiles)})")
+            variant = dict(models)
+            for sid, fields in overrides.items():
+                if sid not in spec.sensors:
+                    raise ModelError(f"{pwhere}.{sid}: not a sensor of the catalog type")
+                try:
+                    variant[sid] = SensorModel.model_validate({**data.defaults, **tmodel.sensors[sid], **fields})
+                except ValidationError as exc:
+                    err = exc.errors(include_url=False)[0]
+                    raise ModelError(f"{pwhere}.{sid}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            sensors[variant_key(tid, profile)] = _dependency_order(pwhere, variant, tmodel, spec)
     vent = data.site_drivers.get("ventilation")
     if vent is not None and (vent.type not in catalog.types or vent.sensor not in catalog.types[vent.type].sensors):
         raise ModelError(f"{file.name}: site_drivers.ventilation: {vent.type}.{vent.sensor} is not in the catalog")
@@ -179,6 +196,11 @@ def resolve_models(catalog: Catalog, file: Path = MODELS_FILE) -> Models:
     if missing:
         raise ModelError(f"{file.name}: site_kinds: no shift model for {sorted(missing)}")
     return Models(data.site_kinds, data.shift_start_hours, vent, data.types, sensors)
+
+
+def variant_key(tid: str, profile: str | None) -> str:
+    """The key of a type's sensor models at one limit profile (``gas_monitor:intake``), or of the type."""
+    return f"{tid}:{profile}" if profile else tid
 
 
 def _dependency_order(where: str, models: dict[str, SensorModel], tmodel: TypeModel,
@@ -320,19 +342,25 @@ def build_groups(catalog: Catalog, models: Models, sites: list[tuple[str, str, i
     Groups come in stepping order: a type that defines a site-wide driver (the main fan's air volume)
     goes before the types that read it.
     """
-    by_type: dict[str, list[tuple[Device, Any]]] = {}
+    profiles = {(site.id, e.id): e.limit_profile for site in catalog.sites.values() for a in site.areas
+                for line in a.lines for e in line.equipment}
+    by_key: dict[tuple[str, str], list[tuple[Device, Any]]] = {}
     for topic_site, catalog_site, index in sites:
         for eq in catalog.all_equipment(catalog_site):
             dev = Device(topic_site, catalog_site, eq.area, eq.id, eq.type, index)
-            by_type.setdefault(eq.type, []).append((dev, eq))
+            # Equipment whose location changes its behaviour (an intake-air gas monitor) gets its own group.
+            profile = profiles.get((catalog_site, eq.id))
+            key = variant_key(eq.type, profile if profile in models.types[eq.type].profiles else None)
+            by_key.setdefault((eq.type, key), []).append((dev, eq))
     first = models.ventilation.type if models.ventilation else None
-    order = sorted(by_type, key=lambda t: (t != first, list(catalog.types).index(t)))
-    return [_build_group(catalog.types[t], t, by_type[t], models, seed, dt_s) for t in order]
+    types = list(catalog.types)
+    order = sorted(by_key, key=lambda k: (k[0] != first, types.index(k[0]), k[1]))
+    return [_build_group(catalog.types[t], t, key, by_key[(t, key)], models, seed, dt_s) for t, key in order]
 
 
-def _build_group(spec: EquipmentType, tid: str, members: list[tuple[Device, Any]], models: Models, seed: int,
-                 dt_s: float) -> TypeGroup:
-    ordered = models.sensors[tid]
+def _build_group(spec: EquipmentType, tid: str, key: str, members: list[tuple[Device, Any]], models: Models,
+                 seed: int, dt_s: float) -> TypeGroup:
+    ordered = models.sensors[key]
     # Columns (and payload keys) follow the catalog; stepping follows the dependency order.
     sensor_ids = list(spec.sensors)
     sensor_models = {s: ordered[s] for s in sensor_ids}

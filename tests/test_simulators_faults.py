@@ -67,6 +67,20 @@ def test_ventilation_failure_drops_air_volume_and_methane_rises_downstream() -> 
         assert statistics.mean(ch4[-30:]) > 2.5 * statistics.mean(ch4_0[-30:]), monitor
     wind, wind0 = series(msgs, "gas_face_1203", "wind_speed_m_s"), series(base, "gas_face_1203", "wind_speed_m_s")
     assert statistics.mean(wind[-20:]) < 0.5 * statistics.mean(wind0[-20:])
+    # Intake air comes from the surface: no methane to accumulate there.
+    assert max(series(msgs, "gas_intake_main", "ch4_pct")) < limit("gas_intake_main", "ch4_pct").alarm
+
+
+def test_ventilation_failure_truth_labels_the_methane_downstream_but_not_the_intake() -> None:
+    from simulators.engine import Simulation
+
+    sim = Simulation(catalog(), sites=MINE, scenario=load_scenario("ventilation_failure"), start=START,
+                     duration_s=7200)
+    labelled = {(i["equipment"], i["kind"]) for i in sim.truth()}
+    assert ("main_fan_1", "ventilation_failure") in labelled
+    assert ("gas_upper_corner_1203", "methane_accumulation") in labelled
+    assert ("gas_main_return", "methane_accumulation") in labelled
+    assert not any(eq == "gas_intake_main" for eq, _ in labelled)
 
 
 def test_methane_accumulation_reaches_the_power_off_level() -> None:
