@@ -7,6 +7,8 @@ corrupt a shared file.
 
 - request: ``<prefix>/_ops/alerts/request``, JSON ``{"v": 1, "cmd": ..., "args": {...}, "by": "user@host"}``,
   with the MQTT 5 properties *Response Topic* and *Correlation Data*
+  and a *Message Expiry Interval* equal to the CLI's timeout, so the broker drops a command the service
+  did not receive in time instead of delivering it after a restart
 - reply: on the given response topic, JSON ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``
 
 ``_ops`` cannot be a site id (ids start with a letter), so these topics never collide with equipment
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import queue
 import socket
 import uuid
@@ -79,6 +82,9 @@ def send_command(settings: Settings, cmd: str, args: dict[str, Any] | None = Non
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_topic(prefix, token)
         props.CorrelationData = token.encode()
+        # The service's session is persistent: without an expiry, a command sent while it is down would
+        # be executed when it comes back, long after this CLI gave up (an ack nobody is waiting for).
+        props.MessageExpiryInterval = max(1, math.ceil(timeout))
         body = {"v": 1, "cmd": cmd, "args": args or {}, "by": by or operator()}
         client.publish(request_topic(prefix), json.dumps(body).encode(), qos=1, properties=props)
         try:

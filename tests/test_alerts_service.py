@@ -237,3 +237,34 @@ def test_webhook_without_secret_is_refused(settings: Settings, monkeypatch: pyte
     monkeypatch.setenv("SMARTMINE_ALERTS__WEBHOOK_URL", "http://127.0.0.1:9/hook")
     assert main(["alerts", "run", "--duration", "1"]) == 2
     assert "SMARTMINE_ALERTS__WEBHOOK_SECRET" in capsys.readouterr().err
+
+
+def test_a_command_sent_while_the_service_is_down_is_not_executed_later(settings: Settings,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from alerts.commands import send_command
+    from smartmine.errors import UsageError
+
+    monkeypatch.setenv("SMARTMINE_ALERTS__CLIENT_ID", f"alerts-{settings.topic_prefix}")
+    settings = load_settings()
+    first = AlertService(settings, notifiers=lambda _client: [])
+    stop = threading.Event()
+    runner = threading.Thread(target=first.run, args=(stop, 30.0), daemon=True)
+    runner.start()
+    assert first.connected.wait(10)
+    publisher = make_client(settings.mqtt, f"pub-{settings.topic_prefix}")
+    publisher.connect(settings.mqtt.host, settings.mqtt.port)
+    publisher.loop_start()
+    publisher.publish(topic(SITE, AREA, EQ, "event", settings.topic_prefix), anomaly("limit:methane", "critical"),
+                      qos=1).wait_for_publish(5)
+    publisher.loop_stop()
+    wait_until("the alert to open", lambda: first.engine.open_alerts())
+    stop.set()
+    runner.join(20)
+    # The service is down; its persistent session would queue the command for it.
+    with pytest.raises(UsageError, match="no alerts service answered"):
+        send_command(settings, "ack", {"id": "1"}, by="late@ops", timeout_s=1.0)
+    time.sleep(1.5)  # past the command's message expiry
+    second = AlertService(settings, notifiers=lambda _client: [])
+    summary = second.run(threading.Event(), duration_s=2.0)
+    assert summary.commands == 0
+    assert second.engine.get("1").state == "firing"
