@@ -51,7 +51,12 @@ class AlertEngine:
         self._next_id = state.next_id
         self.alerts: dict[str, Alert] = {a.id: a for a in state.alerts}
         self.silences: dict[str, Silence] = {s.id: s for s in state.silences}
-        self._open: dict[AlertKey, str] = {a.key: a.id for a in state.alerts if a.is_open}
+        # Open alerts by (site, equipment) then rule: dedup lookups and the per-equipment state the MQTT
+        # channel publishes both stay cheap however many alerts are open.
+        self._open: dict[tuple[str, str], dict[str, str]] = {}
+        for a in state.alerts:
+            if a.is_open:
+                self._mark_open(a)
         self._last_resolved: dict[AlertKey, str] = {}
         for a in sorted(state.alerts, key=lambda a: a.fired_at):
             if not a.is_open:
@@ -75,7 +80,7 @@ class AlertEngine:
     # ------------------------------------------------------------------ events
     def on_event(self, event: AnomalyEvent, now: datetime) -> list[Notification]:
         key = (event.site, event.equipment, event.rule)
-        open_id = self._open.get(key)
+        open_id = self._open.get((event.site, event.equipment), {}).get(event.rule)
         if event.state == "cleared":
             if open_id is None:
                 return []  # a clear for something we never saw open (or already resolved): nothing to do
@@ -101,8 +106,7 @@ class AlertEngine:
         self._next_id += 1
         alert.silenced_by = self._silence_for(alert, now)
         self.alerts[alert.id] = alert
-        self._open[alert.key] = alert.id
-        self._prune()
+        self._mark_open(alert)
         return [self._notify("fired", alert, now)]
 
     def _fold(self, alert: Alert, event: AnomalyEvent, now: datetime) -> list[Notification]:
@@ -135,7 +139,7 @@ class AlertEngine:
             alert.severity = event.severity
             alert.message = event.message
         alert.silenced_by = self._silence_for(alert, now)
-        self._open[alert.key] = alert.id
+        self._mark_open(alert)
         self._last_resolved.pop(alert.key, None)
         return [self._notify("severity_raised" if raised else "refired", alert, now)]
 
@@ -195,9 +199,11 @@ class AlertEngine:
         if now - alert.clearing_since < self.clear_hold:
             return []
         alert.state, alert.resolved_at, alert.clearing_since = "resolved", now, None
-        self._open.pop(alert.key, None)
+        self._mark_closed(alert)
         self._last_resolved[alert.key] = alert.id
-        return [self._notify("resolved", alert, now)]
+        notification = self._notify("resolved", alert, now)
+        self._prune()
+        return [notification]
 
     def _release(self, silence_id: str, now: datetime) -> list[Notification]:
         out = []
@@ -216,13 +222,25 @@ class AlertEngine:
                 return silence.id
         return None
 
+    def _mark_open(self, alert: Alert) -> None:
+        self._open.setdefault((alert.site, alert.equipment), {})[alert.rule] = alert.id
+
+    def _mark_closed(self, alert: Alert) -> None:
+        rules = self._open.get((alert.site, alert.equipment), {})
+        rules.pop(alert.rule, None)
+        if not rules:
+            self._open.pop((alert.site, alert.equipment), None)
+
     def _notify(self, transition: Transition, alert: Alert, now: datetime) -> Notification:
-        same_equipment = {a.rule: a.model_copy() for a in self.alerts.values()
-                          if a.is_open and a.site == alert.site and a.equipment == alert.equipment}
+        same_equipment = {rule: self.alerts[alert_id].model_copy()
+                          for rule, alert_id in self._open.get((alert.site, alert.equipment), {}).items()}
         return Notification(transition=transition, alert=alert.model_copy(), at=now,
                             equipment_alerts=same_equipment)
 
     def _prune(self) -> None:
+        open_count = sum(len(rules) for rules in self._open.values())
+        if len(self.alerts) - open_count <= KEEP_RESOLVED:
+            return
         resolved = sorted((a for a in self.alerts.values() if not a.is_open), key=lambda a: a.fired_at)
         for alert in resolved[:max(0, len(resolved) - KEEP_RESOLVED)]:
             del self.alerts[alert.id]

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +109,11 @@ class AlertService:
         if rc.is_failure:
             log.error("MQTT broker refused the connection: %s", rc)
             return
+        sock = client.socket()
+        if sock is not None and hasattr(sock, "setsockopt"):
+            # An alert is a small message that should leave now: without this, Nagle's algorithm holds the
+            # state publish back until the broker acknowledges our previous segment (~40 ms of delayed ACK).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         prefix = self.settings.topic_prefix
         client.subscribe([(subscription("event", prefix), 1), (request_topic(prefix), 1)])
         log.info("alerts: listening on %s", subscription("event", prefix))

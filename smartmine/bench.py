@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "simulate": "simulators.bench",
     "ingest": "ingest.bench",
     "analytics": "analytics.bench",
+    "alerts": "alerts.bench",
     "replay": "replay.bench",
     "soak": "ingest.soak",
 }
