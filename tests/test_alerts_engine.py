@@ -144,3 +144,16 @@ def test_state_survives_a_restart() -> None:
     assert restored.on_event(event(), at(2)) == []  # still deduplicated against the restored alert
     (new,) = restored.on_event(event(equipment="belt_main_1", rule="limit:x"), at(3))
     assert int(new.alert.id) > int(n.alert.id) and new.alert.silenced_by is not None
+
+
+def test_resolved_alerts_are_kept_for_the_record_but_bounded() -> None:
+    from alerts.engine import KEEP_RESOLVED
+
+    e = engine(clear_hold_s=0, cooldown_s=0)
+    for i in range(KEEP_RESOLVED + 20):
+        e.on_event(event(equipment=f"gas_point_{i}"), at(i))
+        e.on_event(event(equipment=f"gas_point_{i}", state="cleared"), at(i))
+    e.on_event(event(equipment="gas_face_1203"), at(10_000))
+    assert len(e.alerts) == KEEP_RESOLVED + 1
+    assert "1" not in e.alerts and str(KEEP_RESOLVED + 20) in e.alerts  # the oldest go first
+    assert len(e.open_alerts()) == 1
