@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analytics.detector import Anomaly, SensorContext, about
 from analytics.engine import EquipmentScorer, PlantScorer, utc_offset
-from analytics.episodes import Transition
+from analytics.episodes import Episode, Transition
 from analytics.store import AnomalySink, CollectingSink, EventPublisher, InfluxAnomalySink, write_all
 from smartmine.catalog import Catalog
 from smartmine.config import Settings
@@ -84,6 +85,11 @@ class StreamJob:
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100_000)
         self._sinks = list(sinks) if sinks is not None else None
         self._warned: set[str] = set()
+        # Live silence: an equipment that published before and has gone quiet (wall clock, as it happens;
+        # the dropout detector marks the gap in the data once samples resume, in both forms).
+        self.silence_after_s = settings.analytics.silence_after_s
+        self._last_seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (monotonic, last sample ts)
+        self._silent: dict[tuple[str, str], Episode] = {}
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -122,7 +128,43 @@ class StreamJob:
             self._warn_once(topic_name, f"analytics: {t.site}/{t.equipment} is not in the catalog; not scored")
             return []
         self.summary.readings += len(readings)
+        key = (t.site, t.equipment)
+        self._last_seen[key] = (time.monotonic(), ts_ns(sample.ts))
+        if key in self._silent:
+            out.append(self._silence_cleared(key, ts_ns(sample.ts)))
         return out
+
+    def _silence_anomaly(self, key: tuple[str, str], ts: int, silent_s: float) -> Anomaly:
+        scorer = self.plant.scorer(*key)
+        assert scorer is not None
+        eq = scorer.eq
+        ctx = SensorContext(site=eq.site, area=eq.area, equipment=eq.id,
+                            equipment_name=eq.name.get(self.settings.language), sensor="")
+        return Anomaly(ts, "dropout", "health:silent", self.settings.analytics.statistical_severity, 1.0,
+                       self.silence_after_s, {"silent_s": round(silent_s, 1)},
+                       f"No data from {ctx.equipment_name} for {about(silent_s)}: link, gateway or device down?",
+                       ctx)
+
+    def check_silence(self, now: float | None = None) -> list[Transition]:
+        """Fire ``health:silent`` for every equipment quiet for longer than ``silence_after_s``."""
+        now = time.monotonic() if now is None else now
+        out = []
+        for key, (seen, last_ts) in self._last_seen.items():
+            silent_s = now - seen
+            if key in self._silent or silent_s < self.silence_after_s:
+                continue
+            # The time of the event is the last sample's time plus the silence (the plant's clock).
+            ts = last_ts + int(silent_s * 1e9)
+            a = self._silence_anomaly(key, ts, silent_s)
+            ep = Episode(a.rule, a.detector, ts, ts, ts, a.severity, a, a)
+            self._silent[key] = ep
+            out.append(Transition("firing", ts, ep, a, a.message))
+        return out
+
+    def _silence_cleared(self, key: tuple[str, str], ts: int) -> Transition:
+        ep = self._silent.pop(key)
+        name = ep.first.ctx.equipment_name
+        return Transition("cleared", ts, ep, ep.peak, f"{name} publishes again: health:silent cleared")
 
     def run(self, *, duration_s: float | None = None, max_messages: int | None = None) -> JobSummary:
         from smartmine.influx import InfluxClient
@@ -140,6 +182,7 @@ class StreamJob:
         deadline = started + duration_s if duration_s is not None else None
         next_flush = started + self.flush_interval_s
         next_report = started + 60.0
+        next_silence_check = started + 1.0
         pending: list[Transition] = []
         try:
             while not self.stop_event.is_set():
@@ -164,6 +207,9 @@ class StreamJob:
                     self._emit(pending)
                     pending = []
                     next_flush = time.monotonic() + self.flush_interval_s
+                if self.silence_after_s > 0 and time.monotonic() >= next_silence_check:
+                    pending.extend(self.check_silence())
+                    next_silence_check = time.monotonic() + 1.0
                 if time.monotonic() >= next_report:
                     self.summary.seconds = time.monotonic() - started
                     log.info("analytics: %s", self.summary.line())

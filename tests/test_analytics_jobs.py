@@ -223,3 +223,24 @@ def test_evaluate_a_simulated_scenario_against_its_ground_truth(tmp_path: Path) 
     assert summary["limit_recall"] == 1.0, "every sample past a limit lies in a limit alarm"
     assert summary["limit_excursions_not_flagged_on_first_sample"] == 0, "zero delay"
     assert summary["found_by_kind"]["methane_accumulation"] == "1/1"
+
+
+def test_stream_job_raises_and_clears_silence_of_an_equipment(settings: Settings) -> None:
+    """An equipment that published and went quiet raises health:silent; its next message clears it."""
+    from analytics.store import CollectingSink
+
+    sink = CollectingSink()
+    job = StreamJob(settings.model_copy(update={"analytics": settings.analytics.model_copy(
+        update={"silence_after_s": 1.0})}), load_catalog(), sinks=[sink])
+    name = topic(SITE, AREA, GAS, prefix=settings.topic_prefix)
+    job.handle(name, encode_telemetry(T0, 0, {"ch4_pct": 0.4}))
+    assert job.check_silence() == []  # just heard from it
+    fired = job.check_silence(now=time.monotonic() + 2.0)
+    assert [(t.kind, t.episode.rule) for t in fired] == [("firing", "health:silent")]
+    assert "No data from Upper corner 1203 for about 2 s" in fired[0].message
+    assert job.check_silence(now=time.monotonic() + 3.0) == [], "one alarm per silence"
+    cleared = job.handle(name, encode_telemetry(T0 + timedelta(seconds=5), 1, {"ch4_pct": 0.4}))
+    assert [(t.kind, t.episode.rule) for t in cleared] == [("cleared", "health:silent")]
+    from analytics.store import anomaly_event
+
+    assert anomaly_event(fired[0]).sensor is None and anomaly_event(cleared[0]).state == "cleared"
