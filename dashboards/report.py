@@ -287,22 +287,19 @@ def plot_group(group: PlotGroup, site: str, reader: Reader, anomalies: pd.DataFr
                 panels.append((eq, sid, rows))
     if not panels:
         return None
-    ncols = len(group.sensors) if len(group.sensors) > 1 else 2
-    if len(group.sensors) > 1:
-        # Keep each equipment on its own row, its sensors side by side.
-        grid = [(eq, sid, rows) for eq in equipment for (e, sid, rows) in panels if e is eq]
-    else:
-        grid = panels
-    nrows = math.ceil(len(grid) / ncols) if len(group.sensors) == 1 else len({id(p[0]) for p in grid})
-    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 2.3 * nrows + 0.8), squeeze=False, sharex=True)
+    # Two columns, readable on a laptop. A pair of sensors (vibration, bearing temperature) keeps one
+    # equipment per row so the columns line up; otherwise the panels flow left to right.
+    ncols = 2
     positions: list[tuple[int, int]] = []
-    if len(group.sensors) == 1:
-        positions = [(i // ncols, i % ncols) for i in range(len(grid))]
-    else:
+    if len(group.sensors) == 2:
         row_of: dict[str, int] = {}
-        for eq, sid, _ in grid:
-            r = row_of.setdefault(eq.id, len(row_of))
-            positions.append((r, group.sensors.index(sid)))
+        for eq, sid, _ in panels:
+            positions.append((row_of.setdefault(eq.id, len(row_of)), group.sensors.index(sid)))
+    else:
+        positions = [(i // ncols, i % ncols) for i in range(len(panels))]
+    grid = panels
+    nrows = max(r for r, _ in positions) + 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 2.3 * nrows + 0.8), squeeze=False, sharex=True)
     used = set()
     for (eq, sid, rows), (r, c) in zip(grid, positions, strict=True):
         ax = axes[r][c]

@@ -49,10 +49,12 @@ class Window:
         self.window_s = window_s
         self._items: deque[tuple[float, float]] = deque()
         self.total = 0
+        self.last: float | None = None
 
     def add(self, value: float, now: float) -> None:
         self._items.append((now, value))
         self.total += 1
+        self.last = value
         self._prune(now)
 
     def _prune(self, now: float) -> None:
@@ -65,8 +67,9 @@ class Window:
         return len(self._items) / span
 
     def median(self, now: float) -> float | None:
+        """The median of the window; for rare values (anomaly events) the last one seen, once it is older."""
         self._prune(now)
-        return statistics.median(v for _, v in self._items) if self._items else None
+        return statistics.median(v for _, v in self._items) if self._items else self.last
 
 
 class CounterRate:
