@@ -272,3 +272,17 @@ def test_threshold_steps_for_a_band_of_high_and_low_limits() -> None:
     wind = [Limit(name="high", alarm=4.0, source="CMSR-136"), Limit(name="low", direction="low", alarm=0.25,
                                                                        source="CMSR-136")]
     assert [(s.value, s.color) for s in threshold_steps(wind)] == [(None, "orange"), (0.25, "green"), (4.0, "orange")]
+
+
+def test_check_command_reports_boards_without_data(settings: Settings, influx: InfluxClient,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dashboards", "check"]) == 1  # nothing written yet: every board is empty
+    out = capsys.readouterr().out
+    assert "sm-gas-yanshan_mine" in out and "no data" in out and "0 of " in out
+    now = datetime.now(UTC).replace(microsecond=0)
+    influx.write_lines(simulated_lines(CATALOG, now))
+    influx.write_points(anomaly_points(CATALOG, now) + alert_history(CATALOG, now))
+    assert main(["dashboards", "check"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    total = int(summary.split(" of ")[1].split()[0])
+    assert summary.startswith(f"{total} of {total} queries on 22 boards return data")
