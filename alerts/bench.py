@@ -32,8 +32,9 @@ from smartmine.wire import AnomalyEvent, topic
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-events", type=int, default=200_000, help="events through the pure engine")
     parser.add_argument("--alerts", type=int, default=200, help="alerts opened through the running service")
-    parser.add_argument("--tcp-nodelay", action="store_true",
-                        help="run Mosquitto with set_tcp_nodelay true (as deploy/mosquitto/mosquitto.conf does)")
+    parser.add_argument("--tcp-nodelay", action=argparse.BooleanOptionalAction, default=True,
+                        help="run Mosquitto with set_tcp_nodelay true, as deploy/mosquitto/mosquitto.conf does "
+                             "(default; --no-tcp-nodelay for Mosquitto's own default)")
 
 
 def _event(i: int, *, equipment: str | None = None, ts: datetime | None = None) -> AnomalyEvent:
