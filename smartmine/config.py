@@ -72,15 +72,33 @@ def _mask_url(url: str) -> str:
 
 
 class IngestSettings(BaseModel):
-    """Settings of the ingest service (``SMARTMINE_INGEST__<NAME>``)."""
+    """Settings of the ingest service (``SMARTMINE_INGEST__<NAME>``); docs/ingest.md explains each."""
 
     group: str = Field(default="smartmine-ingest", description="MQTT 5 shared-subscription group")
     client_id: str = Field(default="smartmine-ingest", description="MQTT client id (persistent session)")
+    session_expiry_s: int = Field(default=86_400, ge=0, description="How long the broker keeps the session "
+                                  "(and queues telemetry) while ingest is down")
+    receive_maximum: int = Field(default=10_000, ge=1, le=65_535,
+                                 description="MQTT 5 receive maximum: unacknowledged messages in flight to ingest")
     batch_size: int = Field(default=5000, ge=1, description="Points per InfluxDB write")
+    batch_max_bytes: int = Field(default=4_000_000, ge=1024, description="Line protocol bytes per write")
     flush_interval_s: float = Field(default=0.5, gt=0, description="Longest a point waits before a write")
+    write_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one InfluxDB write")
+    retry_initial_s: float = Field(default=0.2, gt=0, description="First retry delay (doubles, with jitter)")
+    retry_max_s: float = Field(default=10.0, gt=0, description="Longest retry delay")
+    spool_after_s: float = Field(default=5.0, ge=0, description="Retry a write this long before spooling it")
     spool_dir: Path | None = Field(default=None, description="On-disk spool (default: <data_dir>/spool)")
     spool_max_mb: int = Field(default=1024, ge=1)
     deadletter_file: Path | None = Field(default=None, description="Default: <data_dir>/deadletter.jsonl")
+    deadletter_topic: str | None = Field(default=None, description="Default: <prefix>/deadletter/ingest")
+    max_sample_age_s: float = Field(default=7 * 86_400, gt=0,
+                                    description="Older samples are dead-lettered (keep below the retention)")
+    max_clock_skew_s: float = Field(default=300.0, ge=0, description="Samples further in the future are "
+                                    "dead-lettered")
+    retention: str = Field(default="30d", description="Duration of the raw retention policy (InfluxQL)")
+    rollup_retention: str = Field(default="400d", description="Duration of the 1-minute rollups (InfluxQL)")
+    ensure_database: bool = Field(default=True, description="Create the database, policies and rollups at start")
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics endpoint")
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="Prometheus metrics; 0 disables")
 
 

@@ -9,16 +9,27 @@
 A redelivered message maps to the same series and timestamp, so at-least-once delivery overwrites
 instead of duplicating. Ingest and replay both encode through :func:`telemetry_line`, so a replayed
 recording stores exactly what a live ingest would have.
+
+:func:`ensure_database` sets up the database around it: the ``raw`` retention policy (default) and the
+``rollup_1m`` policy with 1-minute mean/min/max per sensor, kept by one continuous query per equipment
+type (docs/ingest.md, "InfluxDB schema", also gives the 2.x and 3.x equivalents).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
+from smartmine.influx import quote_ident
 from smartmine.wire import ID_RE, WireError
+
+if TYPE_CHECKING:
+    from smartmine.catalog import Catalog
+    from smartmine.influx import InfluxClient
 
 TAGS = ("site", "area", "equipment")
 SEQ_FIELD = "seq"
@@ -83,3 +94,124 @@ def telemetry_line(prefix: str, ts: datetime, seq: int, readings: Mapping[str, t
     fields.append(f"{SEQ_FIELD}={int(seq)}i")
     return f"{prefix} {','.join(fields)} {ts_ns(ts)}"
 
+
+# ---------------------------------------------------------------------------------------------- database
+RAW_RP = "raw"
+ROLLUP_RP = "rollup_1m"
+ROLLUP_INTERVAL = "1m"
+ROLLUP_FUNCTIONS = ("mean", "min", "max")
+# The rollup recomputes the last few intervals each run, so samples that arrive late (a spool replayed
+# after a short InfluxDB outage, a publisher with a queued backlog) still land in their minute.
+ROLLUP_RESAMPLE_FOR = "10m"
+
+
+def rollup_field(sensor: str, function: str) -> str:
+    """Field name of a sensor's rollup, e.g. ``ch4_pct_max`` in ``rollup_1m.gas_monitor``."""
+    return f"{sensor}_{function}"
+
+
+def rollup_select(database: str, measurement: str, sensors: Iterable[str], *, source_rp: str = RAW_RP,
+                  target_rp: str = ROLLUP_RP) -> str:
+    """The ``SELECT ... INTO`` of one equipment type's 1-minute rollup, without a time range.
+
+    Used inside the continuous query and, with a ``WHERE time`` range appended, to backfill rollups of
+    data written long after its time (a replayed recording).
+    """
+    fields = ", ".join(f"{fn}({quote_ident(s)}) AS {quote_ident(rollup_field(s, fn))}"
+                       for s in sorted(sensors) for fn in ROLLUP_FUNCTIONS)
+    db = quote_ident(database)
+    return (f"SELECT {fields} INTO {db}.{quote_ident(target_rp)}.{quote_ident(measurement)} "
+            f"FROM {db}.{quote_ident(source_rp)}.{quote_ident(measurement)}")
+
+
+def continuous_query_name(measurement: str) -> str:
+    return f"rollup_1m_{measurement}"
+
+
+def ensure_database(client: InfluxClient, catalog: Catalog, *, retention: str = "30d",
+                    rollup_retention: str = "400d", shard_duration: str = "1d") -> list[str]:
+    """Create (or bring up to date) the database, its retention policies and the 1-minute rollups.
+
+    - database ``client.database``;
+    - retention policy ``raw`` (the database's DEFAULT, ``retention`` long) holding the samples;
+    - retention policy ``rollup_1m`` (``rollup_retention`` long) holding, per equipment type, a
+      measurement of the same name with ``<sensor>_mean``, ``<sensor>_min``, ``<sensor>_max`` per minute;
+    - one continuous query per equipment type of the catalog computing those rollups (1.x only).
+
+    Safe to run again: existing policies are altered to the durations given, continuous queries are
+    re-created when the catalog changed. Returns the statements it ran, for logs. Durations are
+    InfluxQL duration literals (``30d``, ``12w``, ``INF``).
+    """
+    db = quote_ident(client.database)
+    for name, value in (("retention", retention), ("rollup_retention", rollup_retention),
+                        ("shard_duration", shard_duration)):
+        if not _DURATION.match(value):
+            raise ValueError(f"{name} {value!r} is not an InfluxQL duration (e.g. 30d, 12w, INF)")
+    statements: list[str] = [f"CREATE DATABASE {db}"]
+    client.execute(statements[0])
+    existing = {row[0] for row in _rows(client, f"SHOW RETENTION POLICIES ON {db}")}
+    for rp, duration, default in ((RAW_RP, retention, True), (ROLLUP_RP, rollup_retention, False)):
+        verb = "ALTER" if rp in existing else "CREATE"
+        stmt = (f"{verb} RETENTION POLICY {quote_ident(rp)} ON {db} DURATION {duration} REPLICATION 1 "
+                f"SHARD DURATION {shard_duration}{' DEFAULT' if default else ''}")
+        client.execute(stmt)
+        statements.append(stmt)
+
+    wanted: dict[str, str] = {}
+    for type_id in sorted(catalog.types):
+        sensors = catalog.types[type_id].sensors
+        if not sensors:
+            continue
+        select = rollup_select(client.database, type_id, sensors)
+        wanted[continuous_query_name(type_id)] = (
+            f"CREATE CONTINUOUS QUERY {quote_ident(continuous_query_name(type_id))} ON {db} "
+            f"RESAMPLE EVERY {ROLLUP_INTERVAL} FOR {ROLLUP_RESAMPLE_FOR} "
+            f"BEGIN {select} GROUP BY time({ROLLUP_INTERVAL}), * END")
+    current = {name: query for name, query in _continuous_queries(client)}
+    for name, create in wanted.items():
+        if name in current:
+            if _same_query(current[name], create):
+                continue
+            drop = f"DROP CONTINUOUS QUERY {quote_ident(name)} ON {db}"
+            client.execute(drop)
+            statements.append(drop)
+        client.execute(create)
+        statements.append(create)
+    return statements
+
+
+def backfill_rollups(client: InfluxClient, catalog: Catalog, start: datetime, end: datetime) -> None:
+    """Compute the 1-minute rollups of ``[start, end)`` now (for data written after the CQ window passed)."""
+    for type_id in sorted(catalog.types):
+        sensors = catalog.types[type_id].sensors
+        if sensors:
+            client.execute(f"{rollup_select(client.database, type_id, sensors)} "
+                           f"WHERE time >= {ts_ns(start)} AND time < {ts_ns(end)} "
+                           f"GROUP BY time({ROLLUP_INTERVAL}), *")
+
+
+_DURATION = re.compile(r"^(INF|(\d+(ns|u|µ|ms|s|m|h|d|w))+)$")
+
+
+def _rows(client: InfluxClient, q: str) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for result in client.query(q, epoch=None):
+        for series in result.get("series", []):
+            rows.extend(series.get("values", []))
+    return rows
+
+
+def _continuous_queries(client: InfluxClient) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for result in client.query("SHOW CONTINUOUS QUERIES", epoch=None):
+        for series in result.get("series", []):
+            if series.get("name") == client.database:
+                out.extend((row[0], row[1]) for row in series.get("values", []))
+    return out
+
+
+def _same_query(shown: str, create: str) -> bool:
+    # SHOW CONTINUOUS QUERIES prints the server's canonical form; compare without quoting and spacing.
+    def norm(q: str) -> str:
+        return re.sub(r'[\s"]+', "", q).lower()
+    return norm(shown) == norm(create)

@@ -1,0 +1,487 @@
+"""The ingest service: MQTT telemetry in, InfluxDB points out, nothing lost and nothing duplicated.
+
+Two threads do the work:
+
+- paho's network thread receives each message (QoS 1, persistent MQTT 5 session, shared subscription),
+  validates and encodes it (:mod:`ingest.validate`) and appends it to the open batch;
+- the writer thread seals a batch when it is full (points, bytes, or half the in-flight window) or old
+  (``flush_interval_s``), writes it (:mod:`ingest.writer`) or, when InfluxDB is unreachable, puts it in
+  the on-disk spool (:mod:`ingest.spool`), and only then acknowledges its messages to the broker.
+
+Nothing lost: a message is acknowledged (manual PUBACK) only once its point is in InfluxDB or fsync'd
+in the spool and its dead letter, if any, fsync'd in the dead-letter file. A crash before that leaves it
+unacknowledged and the broker redelivers it to the resumed session. Nothing duplicated: a redelivered
+message encodes to the same series and timestamp, which InfluxDB overwrites. While the spool holds
+anything, new batches go behind it, so the spool replays in order when InfluxDB is back.
+
+Acknowledgements are sent in the order messages arrived and only on the connection they arrived on: the
+broker numbers messages per connection, so an old packet id acknowledged on a new connection could
+acknowledge a different, unwritten message.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.deadletter import DeadLetter, DeadLetterSink
+from ingest.metrics import IngestMetrics, MetricsServer
+from ingest.spool import Spool, SpoolFull
+from ingest.validate import REJECTED_BY_INFLUXDB, Validator
+from ingest.writer import BatchWriter, WriteUnavailable, backoff_delays
+from smartmine.catalog import Catalog, load_catalog
+from smartmine.config import Settings
+from smartmine.influx import InfluxClient, InfluxError
+from smartmine.mqtt import make_client
+from smartmine.schema import ensure_database
+from smartmine.wire import subscription
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 30.0
+
+
+def deadletter_topic(settings: Settings) -> str:
+    return settings.ingest.deadletter_topic or f"{settings.topic_prefix}/deadletter/ingest"
+
+
+def deadletter_file(settings: Settings) -> Path:
+    return settings.ingest.deadletter_file or settings.data_dir / "deadletter.jsonl"
+
+
+def spool_dir(settings: Settings, client_id: str) -> Path:
+    # One spool per client id: two instances on one host must not replay each other's segments.
+    return settings.ingest.spool_dir or settings.data_dir / "spool" / client_id
+
+
+def shared_subscription(settings: Settings) -> str:
+    return f"$share/{settings.ingest.group}/{subscription('telemetry', settings.topic_prefix)}"
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Messages received together, written together, acknowledged together."""
+
+    epoch: int                                   # connection the messages arrived on
+    opened: float                                # time.monotonic() of the first message
+    acks: list[tuple[int, int]] = field(default_factory=list)        # (packet id, qos)
+    lines: list[str] = field(default_factory=list)
+    origins: list[tuple[str, bytes]] = field(default_factory=list)   # (topic, payload) of each line
+    letters: list[DeadLetter] = field(default_factory=list)
+    readings: int = 0
+    out_of_range: int = 0
+    nbytes: int = 0
+    oldest_sample: float = float("inf")
+    letters_done: bool = False
+
+
+@dataclass
+class Totals:
+    """Counts for the progress log and the summary at exit."""
+
+    messages: int = 0
+    points: int = 0
+    dead_letters: int = 0
+    spooled: int = 0
+
+
+class IngestService:
+    """One ingest consumer. ``start()``, then ``stop()`` (flushes everything); or ``run()`` until a signal."""
+
+    def __init__(self, settings: Settings, *, catalog: Catalog | None = None, client_id: str | None = None,
+                 metrics_port: int | None = None) -> None:
+        cfg = settings.ingest
+        self.settings = settings
+        self.cfg = cfg
+        self.client_id = client_id or cfg.client_id
+        self.catalog = catalog or load_catalog(settings.catalog_dir)
+        self.metrics = IngestMetrics()
+        self.totals = Totals()
+        self._validator = Validator(self.catalog, settings.topic_prefix, max_sample_age_s=cfg.max_sample_age_s,
+                                    max_clock_skew_s=cfg.max_clock_skew_s)
+        self._influx = InfluxClient.from_settings(settings, timeout_s=cfg.write_timeout_s)
+        self._writer = BatchWriter(self._influx, retry_initial_s=cfg.retry_initial_s, retry_max_s=cfg.retry_max_s,
+                                   observe=self._observe_write, ensure_database=self._ensure_database)
+        self._spool = Spool(spool_dir(settings, self.client_id), cfg.spool_max_mb * 1_000_000)
+        self._client = make_client(settings.mqtt, self.client_id, ca_file=settings.mqtt_ca_file, manual_ack=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.reconnect_delay_set(1, 30)
+        dl_topic = deadletter_topic(settings)
+        self._dead = DeadLetterSink(deadletter_file(settings), self.client_id,
+                                    lambda data: self._client.publish(dl_topic, data, qos=1, retain=False))
+        # A batch may hold at most half the in-flight window, so the next one fills while it is written.
+        self._max_batch_messages = max(1, cfg.receive_maximum // 2)
+
+        self._lock = threading.Lock()        # open batch and sealed queue (network thread <-> writer)
+        self._wake = threading.Condition(self._lock)
+        self._conn_lock = threading.Lock()   # connection epoch vs. acknowledgements
+        self._open: _Batch | None = None
+        self._sealed: deque[_Batch] = deque()
+        self._pending: deque[_Batch] = deque()  # writer thread only: sealed, not yet durable
+        self._epoch = 0
+        self._connected = False
+        self._subscribed = False
+        self._stopping = False
+        self._received = 0                   # network thread
+        self._settled = 0                    # writer thread (acknowledged or left for redelivery)
+        self._db_ready = not cfg.ensure_database
+        self._influx_retry_at = 0.0
+        self._influx_error: str | None = None
+        self._influx_backoff = backoff_delays(cfg.retry_initial_s, cfg.retry_max_s)
+        self._spool_full: str | None = None
+        self._spool_full_logged = 0.0
+        self._writer_thread = threading.Thread(target=self._write_loop, name=f"ingest-writer-{self.client_id}",
+                                               daemon=True)
+        self._metrics_server: MetricsServer | None = None
+        port = cfg.metrics_port if metrics_port is None else metrics_port
+        if port:
+            self._metrics_server = MetricsServer(self.metrics, self.health, cfg.metrics_host, port)
+        self.metrics.unacked.set_function(lambda: self._received - self._settled)
+        self.metrics.spool_batches.set_function(lambda: self._spool.depth)
+        self.metrics.spool_bytes.set_function(lambda: self._spool.size_bytes)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics_server.port if self._metrics_server else None
+
+    def start(self) -> None:
+        url = self.settings.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = self.cfg.receive_maximum
+        if self._spool:
+            log.info("spool %s holds %d batches from an earlier run; replaying them first",
+                     self._spool.directory, self._spool.depth)
+        self._writer_thread.start()
+        if self._metrics_server:
+            self._metrics_server.start()
+            log.info("metrics on http://%s:%d/metrics, health on /healthz", self.cfg.metrics_host,
+                     self._metrics_server.port)
+        self._client.connect_async(url.host, url.port, keepalive=30, clean_start=False, properties=props)
+        self._client.loop_start()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop taking messages, write or spool everything received, acknowledge it, disconnect."""
+        with self._lock:
+            self._stopping = True
+            self._seal_locked()
+            self._wake.notify()
+        self._writer_thread.join(timeout_s)
+        if self._writer_thread.is_alive():
+            log.error("writer did not finish within %.0f s; unacknowledged messages will be redelivered", timeout_s)
+        # DISCONNECT goes out behind the acknowledgements already queued; the session stays on the broker.
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._metrics_server:
+            self._metrics_server.stop()
+        self._influx.close()
+        t = self.totals
+        log.info("ingest %s stopped: %d messages, %d points written, %d dead letters, %d batches spooled, "
+                 "%d in the spool", self.client_id, t.messages, t.points, t.dead_letters, t.spooled, self._spool.depth)
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or ``stop_event``), then flush and exit."""
+        stop = stop_event or threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("%s: flushing and stopping", signal.Signals(signum).name)
+            stop.set()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        self.start()
+        last = time.monotonic()
+        while not stop.wait(1.0):
+            if time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                t = self.totals
+                log.info("ingest: %d messages, %d points written, %d dead letters, spool %d batches, %d unacked",
+                         t.messages, t.points, t.dead_letters, self._spool.depth, self._received - self._settled)
+        self.stop()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        problems = []
+        if not self._connected:
+            problems.append("not connected to the MQTT broker")
+        elif not self._subscribed:
+            problems.append("not subscribed to the telemetry topics")
+        if self._spool_full:
+            problems.append(self._spool_full)
+        if not self._writer_thread.is_alive() and not self._stopping:
+            problems.append("writer thread died")
+        details = {
+            "mqtt_connected": self._connected,
+            "subscribed": self._subscribed,
+            "influxdb": "unreachable: " + self._influx_error if self._influx_error else "ok",
+            "spool_batches": self._spool.depth,
+            "unacknowledged": self._received - self._settled,
+        }
+        if problems:
+            details["problems"] = problems
+        return not problems, details
+
+    # ------------------------------------------------------------------ MQTT (network thread)
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT broker refused the connection: %s", reason)
+            return
+        with self._conn_lock:
+            self._epoch += 1
+            self._connected = True
+        self.metrics.connected.set(1)
+        topic = shared_subscription(self.settings)
+        log.info("connected to %s as %s (session %s); subscribing to %s", self.settings.mqtt.masked(),
+                 self.client_id, "resumed" if flags.session_present else "new", topic)
+        client.subscribe(topic, qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        for r in reasons:
+            if r.is_failure:
+                log.error("the broker refused the subscription %s: %s", shared_subscription(self.settings), r)
+                return
+        self._subscribed = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        with self._conn_lock:
+            self._epoch += 1
+            self._connected = False
+            self._subscribed = False
+        self.metrics.connected.set(0)
+        with self._lock:
+            self._seal_locked()
+            self._wake.notify()
+        if not self._stopping:
+            log.warning("disconnected from the MQTT broker (%s); reconnecting, unacknowledged messages "
+                        "will be redelivered", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._stopping:
+            return  # not acknowledged: the broker redelivers it to the next session
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        checked = self._validator.check(msg.topic, payload, time.time())
+        with self._lock:
+            b = self._open
+            if b is None or b.epoch != self._epoch:
+                self._seal_locked()
+                b = self._open = _Batch(self._epoch, time.monotonic())
+            self._received += 1
+            b.acks.append((msg.mid, msg.qos))
+            line = checked.line
+            if line is not None:
+                b.lines.append(line)
+                b.origins.append((msg.topic, payload))
+                b.nbytes += len(line) + 1
+                b.readings += checked.readings
+                b.out_of_range += checked.out_of_range
+                if checked.sample_ts < b.oldest_sample:
+                    b.oldest_sample = checked.sample_ts
+            if checked.rejection is not None:
+                r = checked.rejection
+                b.letters.append(DeadLetter(r.reason, r.detail, msg.topic, payload, time=time.time()))
+            if (len(b.lines) >= self.cfg.batch_size or b.nbytes >= self.cfg.batch_max_bytes
+                    or len(b.acks) >= self._max_batch_messages):
+                self._seal_locked()
+                self._wake.notify()
+
+    def _seal_locked(self) -> None:
+        if self._open is not None and self._open.acks:
+            self._sealed.append(self._open)
+        self._open = None
+
+    # ------------------------------------------------------------------ writer thread
+    def _write_loop(self) -> None:
+        interval = self.cfg.flush_interval_s
+        self._ensure_database_at_start()
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                if self._open is not None and (self._stopping or now - self._open.opened >= interval):
+                    self._seal_locked()
+                batches = list(self._sealed)
+                self._sealed.clear()
+                stopping = self._stopping
+                if not batches and not self._pending and not self._drain_due():
+                    if stopping:
+                        return
+                    waits = [interval if self._open is None else max(0.0, self._open.opened + interval - now)]
+                    if self._spool or self._pending:
+                        waits.append(max(0.0, self._influx_retry_at - now))
+                    self._wake.wait(max(0.005, min(waits)))
+                    continue
+            self._take(batches)
+            self._advance()
+            if self._pending:
+                if stopping:
+                    self._abandon_pending()
+                    return
+                time.sleep(min(1.0, max(0.05, self._influx_retry_at - time.monotonic())))
+                continue
+            self._drain_one()
+
+    def _take(self, batches: list[_Batch]) -> None:
+        for b in batches:
+            good = len(b.lines)
+            self.metrics.messages.labels("accepted").inc(good)
+            self.metrics.messages.labels("rejected").inc(len(b.acks) - good)
+            self.metrics.readings.inc(b.readings)
+            self.metrics.out_of_range.inc(b.out_of_range)
+            self.totals.messages += len(b.acks)
+            self._pending.append(b)
+
+    def _drain_due(self) -> bool:
+        return bool(self._spool) and time.monotonic() >= self._influx_retry_at
+
+    def _advance(self) -> None:
+        """Make pending batches durable, in order, acknowledging each as soon as it is."""
+        while self._pending:
+            b = self._pending[0]
+            if not self._make_durable(b):
+                return
+            self._pending.popleft()
+            self._ack(b)
+
+    def _make_durable(self, b: _Batch) -> bool:
+        if not b.letters_done:
+            self._dead_letter(b.letters)
+            b.letters_done = True
+        if not b.lines:
+            return True
+        if not self._spool and time.monotonic() >= self._influx_retry_at:
+            try:
+                if not self._db_ready:
+                    self._ensure_database()
+                rejected = self._writer.write(b.lines, time.monotonic() + self.cfg.spool_after_s)
+            except (WriteUnavailable, InfluxError) as exc:
+                self._influx_down(exc)
+            else:
+                self._influx_up()
+                self._written(len(b.lines), b.oldest_sample, [
+                    DeadLetter(REJECTED_BY_INFLUXDB, reason, b.origins[i][0], b.origins[i][1], b.lines[i], time.time())
+                    for i, reason in rejected])
+                return True
+        try:
+            self._spool.append("\n".join(b.lines).encode())
+        except (SpoolFull, OSError) as exc:
+            self._spool_full = str(exc)
+            if time.monotonic() - self._spool_full_logged > 30:
+                self._spool_full_logged = time.monotonic()
+                log.error("cannot spool a batch: %s; not acknowledging %d messages, the broker keeps them",
+                          exc, len(b.acks))
+            return False
+        self._spool_full = None
+        self.metrics.spooled.inc()
+        self.totals.spooled += 1
+        return True
+
+    def _drain_one(self) -> None:
+        """Replay the oldest spool segment, if InfluxDB is (believed) back."""
+        if not self._drain_due():
+            return
+        segment = self._spool.oldest()
+        if segment is None:
+            return
+        number, data = segment
+        lines = data.decode().split("\n")
+        try:
+            if not self._db_ready:
+                self._ensure_database()
+            rejected = self._writer.write(lines, time.monotonic())  # one attempt; backoff happens here
+        except (WriteUnavailable, InfluxError) as exc:
+            self._influx_down(exc)
+            return
+        # The spool keeps line protocol only, so a line refused now is dead-lettered as that line.
+        self._written(len(lines), float("inf"), [
+            DeadLetter(REJECTED_BY_INFLUXDB, reason, "", lines[i].encode(), lines[i], time.time())
+            for i, reason in rejected])
+        self._spool.remove(number)
+        self._influx_up()
+        if not self._spool:
+            log.info("spool replayed; writing directly again")
+
+    def _written(self, points: int, oldest_sample: float, rejected: list[DeadLetter]) -> None:
+        self._dead_letter(rejected)
+        stored = points - len(rejected)
+        self.metrics.points_written.inc(stored)
+        self.metrics.batch_points.observe(points)
+        self.totals.points += stored
+        if oldest_sample != float("inf"):
+            self.metrics.lag.set(max(0.0, time.time() - oldest_sample))
+
+    def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        self._dead.write(letters)
+        for dl in letters:
+            self.metrics.dead_letters.labels(dl.reason).inc()
+            log.debug("dead letter %s: %s (%s)", dl.reason, dl.detail, dl.topic)
+        self.totals.dead_letters += len(letters)
+
+    def _ack(self, b: _Batch) -> None:
+        with self._conn_lock:
+            if b.epoch == self._epoch and self._connected:
+                ack = self._client.ack
+                for mid, qos in b.acks:
+                    if qos:
+                        ack(mid, qos)
+            # else: the connection they came on is gone; the broker redelivers them to the resumed session
+        self._settled += len(b.acks)
+
+    def _abandon_pending(self) -> None:
+        """At shutdown with InfluxDB down and the spool full: leave these to the broker's redelivery."""
+        n = sum(len(b.acks) for b in self._pending)
+        log.error("stopping with %d messages neither written nor spooled; they stay unacknowledged on the "
+                  "broker and are redelivered on restart", n)
+        for b in self._pending:
+            self._settled += len(b.acks)
+        self._pending.clear()
+
+    def _influx_down(self, exc: Exception) -> None:
+        first = self._influx_error is None
+        self._influx_error = str(exc)
+        delay = self._influx_backoff()
+        self._influx_retry_at = time.monotonic() + delay
+        if first:
+            log.warning("InfluxDB unavailable (%s); spooling to %s until it is back", exc, self._spool.directory)
+
+    def _influx_up(self) -> None:
+        if self._influx_error is not None:
+            log.info("InfluxDB is back")
+        self._influx_error = None
+        self._influx_retry_at = 0.0
+        self._influx_backoff = backoff_delays(self.cfg.retry_initial_s, self.cfg.retry_max_s)
+
+    def _observe_write(self, seconds: float, points: int, outcome: str) -> None:
+        self.metrics.write_seconds.labels(outcome).observe(seconds)
+
+    def _ensure_database(self) -> None:
+        try:
+            ensure_database(self._influx, self.catalog, retention=self.cfg.retention,
+                            rollup_retention=self.cfg.rollup_retention)
+        except InfluxError as exc:
+            if exc.retryable:
+                raise
+            # 2.x/3.x refuse CREATE DATABASE / continuous queries: the bucket and its tasks are set up there.
+            log.warning("could not create the database, retention policies or rollups (%s); writing anyway", exc)
+        self._db_ready = True
+
+    def _ensure_database_at_start(self) -> None:
+        if self._db_ready:
+            return
+        try:
+            self._ensure_database()
+        except InfluxError as exc:
+            log.warning("InfluxDB not reachable at start (%s); will retry before the first write", exc)
+

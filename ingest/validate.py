@@ -1,0 +1,152 @@
+"""Validation of one telemetry message against the wire format and the catalog, and its encoding.
+
+A message becomes either one line of line protocol (``telemetry_line``), or a :class:`Rejection`
+saying why not, or both: a sample that carries a sensor the catalog does not know is stored with its
+known readings, and the unknown ones go to the dead letter. A value outside the sensor's physical
+range is stored with quality ``out_of_range``: it is evidence of a sensor fault, not noise to drop.
+
+This runs once per message on the MQTT network thread, so the per-topic work (catalog lookups, the
+series prefix, the sensors' ranges) is done once per topic and cached.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from smartmine.catalog import Catalog
+from smartmine.schema import series_prefix, telemetry_line
+from smartmine.wire import WireError, parse_telemetry, parse_topic
+
+OUT_OF_RANGE = "out_of_range"
+
+# Dead-letter reasons: stable names, used as the metrics label and in the dead-letter record.
+INVALID_TOPIC = "invalid_topic"
+INVALID_PAYLOAD = "invalid_payload"
+UNKNOWN_SITE = "unknown_site"
+UNKNOWN_EQUIPMENT = "unknown_equipment"
+AREA_MISMATCH = "area_mismatch"
+UNKNOWN_SENSOR = "unknown_sensor"
+TIMESTAMP_TOO_OLD = "timestamp_too_old"
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+REJECTED_BY_INFLUXDB = "rejected_by_influxdb"
+REASONS = (INVALID_TOPIC, INVALID_PAYLOAD, UNKNOWN_SITE, UNKNOWN_EQUIPMENT, AREA_MISMATCH, UNKNOWN_SENSOR,
+           TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, REJECTED_BY_INFLUXDB)
+
+# Distinct topics remembered; a flood of bogus topics must not grow memory without bound.
+_TOPIC_CACHE_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why (a part of) a message was not stored: a stable ``reason`` and a human ``detail``."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What the catalog says about one telemetry topic, resolved once."""
+
+    prefix: str                                  # line-protocol series key
+    ranges: dict[str, tuple[float, float]]       # sensor -> physical range
+    where: str                                   # "site/equipment", for messages
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The outcome for one message: a line to write (or None) and a rejection (or None)."""
+
+    line: str | None
+    readings: int = 0
+    out_of_range: int = 0
+    sample_ts: float = 0.0                       # seconds since the epoch, for lag
+    rejection: Rejection | None = None
+
+
+class Validator:
+    """Turns (topic, payload) into a line of line protocol or a rejection. Not thread-safe (one per consumer)."""
+
+    def __init__(self, catalog: Catalog, prefix: str, *, max_sample_age_s: float, max_clock_skew_s: float) -> None:
+        self.catalog = catalog
+        self.prefix = prefix
+        self.max_sample_age_s = max_sample_age_s
+        self.max_clock_skew_s = max_clock_skew_s
+        self._targets: dict[str, _Target | Rejection] = {}
+
+    def target(self, topic: str) -> _Target | Rejection:
+        hit = self._targets.get(topic)
+        if hit is None:
+            if len(self._targets) >= _TOPIC_CACHE_MAX:
+                self._targets.clear()
+            hit = self._targets[topic] = self._resolve(topic)
+        return hit
+
+    def _resolve(self, topic: str) -> _Target | Rejection:
+        try:
+            t = parse_topic(topic, self.prefix)
+        except WireError as exc:
+            return Rejection(INVALID_TOPIC, str(exc))
+        if t.channel != "telemetry":
+            return Rejection(INVALID_TOPIC, f"topic {topic!r}: channel {t.channel!r} is not telemetry")
+        if t.site not in self.catalog.sites:
+            return Rejection(UNKNOWN_SITE, f"site {t.site!r} is not in the catalog")
+        eq = self.catalog.equipment(t.site, t.equipment)
+        if eq is None:
+            return Rejection(UNKNOWN_EQUIPMENT, f"equipment {t.equipment!r} is not in site {t.site!r} of the catalog")
+        if eq.area != t.area:
+            return Rejection(AREA_MISMATCH, f"equipment {t.site}/{t.equipment} is in area {eq.area!r}, "
+                                            f"the topic says {t.area!r}")
+        ranges = {sid: (float(s.spec.physical[0]), float(s.spec.physical[1])) for sid, s in eq.sensors.items()}
+        return _Target(series_prefix(eq.type, t.site, t.area, t.equipment), ranges, f"{t.site}/{t.equipment}")
+
+    def check(self, topic: str, payload: bytes, now: float) -> Checked:
+        """Validate one message received at ``now`` (seconds since the epoch)."""
+        target = self.target(topic)
+        if isinstance(target, Rejection):
+            return Checked(None, rejection=target)
+        try:
+            sample = parse_telemetry(payload)
+        except WireError as exc:
+            return Checked(None, rejection=Rejection(INVALID_PAYLOAD, str(exc)))
+        ts = sample.ts
+        sample_ts = ts.timestamp()
+        if sample_ts < now - self.max_sample_age_s:
+            return Checked(None, rejection=Rejection(
+                TIMESTAMP_TOO_OLD, f"ts {_iso(ts)} is more than {self.max_sample_age_s:g} s before "
+                                   f"the ingest clock ({_iso_epoch(now)})"))
+        if sample_ts > now + self.max_clock_skew_s:
+            return Checked(None, rejection=Rejection(
+                TIMESTAMP_IN_FUTURE, f"ts {_iso(ts)} is more than {self.max_clock_skew_s:g} s after "
+                                     f"the ingest clock ({_iso_epoch(now)})"))
+
+        ranges = target.ranges
+        readings = sample.values()
+        unknown = [s for s in readings if s not in ranges]
+        rejection = None
+        if unknown:
+            for s in unknown:
+                del readings[s]
+            kept = "the other readings were stored" if readings else "no reading was stored"
+            rejection = Rejection(UNKNOWN_SENSOR, f"{target.where} has no sensor {', '.join(sorted(unknown))} "
+                                                  f"in the catalog; {kept}")
+            if not readings:
+                return Checked(None, rejection=rejection)
+        out_of_range = 0
+        for sensor, (value, _quality) in readings.items():
+            lo, hi = ranges[sensor]
+            if not lo <= value <= hi:
+                readings[sensor] = (value, OUT_OF_RANGE)
+                out_of_range += 1
+        line = telemetry_line(target.prefix, ts, sample.seq, readings)
+        return Checked(line, len(readings), out_of_range, sample_ts, rejection)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso_epoch(t: float) -> str:
+    return _iso(datetime.fromtimestamp(t, UTC)) if math.isfinite(t) else str(t)
