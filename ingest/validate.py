@@ -140,7 +140,10 @@ class Validator:
             if not lo <= value <= hi:
                 readings[sensor] = (value, OUT_OF_RANGE)
                 out_of_range += 1
-        line = telemetry_line(target.prefix, ts, sample.seq, readings)
+        try:
+            line = telemetry_line(target.prefix, ts, sample.seq, readings)
+        except WireError as exc:  # the encoder's last line of defence (a reserved or non-id sensor name)
+            return Checked(None, rejection=Rejection(INVALID_PAYLOAD, str(exc)))
         return Checked(line, len(readings), out_of_range, sample_ts, rejection)
 
 
