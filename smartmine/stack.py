@@ -207,12 +207,9 @@ class Stack:
             except InfluxError as exc:
                 raise UsageError(f"InfluxDB at {self.settings.influx_url} does not answer ({exc}); start it, or "
                                  "unset SMARTMINE_INFLUX_URL to let smartmine up run its own") from None
-            ensure = getattr(schema, "ensure_database", None)
-            if ensure is not None:
-                ensure(client, load_catalog(self.settings.catalog_dir))
-            else:  # until ingest ships the retention policy and rollups
-                client.create_database()
-            self.say(f"database {self.settings.influx_db!r} ready on InfluxDB {version}")
+            schema.ensure_database(client, load_catalog(self.settings.catalog_dir))
+            self.say(f"database {self.settings.influx_db!r} with its retention policies and 1-minute rollups ready "
+                     f"on InfluxDB {version}")
         finally:
             client.close()
 
