@@ -77,15 +77,17 @@ def _record(args: argparse.Namespace) -> int:
     recorder = Recorder(settings, Path(args.out), topics, client_id=args.client_id)
     progress = make_progress(args.quiet)
     with progress, _stop_on_signals(recorder.stop):
-        if args.count is not None:
-            task = progress.add_task("recording", total=args.count)
-            tick = functools.partial(_set_completed, progress, task)
-        elif duration is not None:
-            task = progress.add_task("recording", total=None)
-            tick = functools.partial(_set_completed, progress, task)
-        else:
-            task = progress.add_task("recording (Ctrl-C stops)", total=None)
-            tick = functools.partial(_set_completed, progress, task)
+        what = "recording" if args.count or duration else "recording (Ctrl-C stops)"
+        task = progress.add_task(what, total=args.count)
+        ends = time.monotonic() + duration if duration is not None else None
+
+        def tick(n: int) -> None:
+            if ends is None:
+                progress.update(task, completed=n)
+                return
+            # The end is a time, not a count: say how much of it is left.
+            left = max(0, int(ends - time.monotonic()))
+            progress.update(task, completed=n, description=f"recording, {left // 60}:{left % 60:02d} left")
         result = recorder.run(duration_s=duration, count=args.count, on_tick=tick)
     m = result.manifest
     rate = m.messages / result.elapsed_s if result.elapsed_s > 0 else 0.0
@@ -101,10 +103,6 @@ def _record(args: argparse.Namespace) -> int:
         ("file", f"{_size(Path(result.path).stat().st_size)} in {len(m.chunks)} chunks, sha256 {m.sha256[:16]}…"),
     ], args.quiet)
     return 0
-
-
-def _set_completed(progress: Any, task: Any, n: int) -> None:
-    progress.update(task, completed=n)
 
 
 # ------------------------------------------------------------------------------------------------ export
