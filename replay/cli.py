@@ -207,8 +207,9 @@ def _replay(args: argparse.Namespace) -> int:
 
         client = InfluxClient.from_settings(settings, timeout_s=120, pool_size=args.writers + 1)
         client.ping()
-        _ensure_database(client, settings)
-        encoder = LineEncoder(load_catalog(settings.catalog_dir))
+        catalog = load_catalog(settings.catalog_dir)
+        _prepare_database(client, catalog, settings)
+        encoder = LineEncoder(catalog)
         encoder.trust_fields = encoder.trusts(source.meta)
         influx_sink = InfluxSink(client, encoder, batch_lines=args.batch_lines, writers=args.writers)
         sink = influx_sink
@@ -230,6 +231,11 @@ def _replay(args: argparse.Namespace) -> int:
             stats = replay(source, sink, speed=speed, rebase_to_ns=time.time_ns() if args.rebase_time else None,
                            selection=selection, loops=loops, on_progress=lambda n: progress.advance(task, n),
                            should_stop=stop.is_set)
+        rollup_minutes = 0
+        if isinstance(sink, InfluxSink) and sink.lines and not args.no_rollups:
+            span = sink.encoder.first_ns, sink.encoder.last_ns
+            if span[0] is not None and span[1] is not None:
+                rollup_minutes = _backfill_rollups(client, catalog, (span[0], span[1]), args.quiet)
     finally:
         cleanup()
     rows: list[tuple[str, Any]] = [
@@ -246,11 +252,14 @@ def _replay(args: argparse.Namespace) -> int:
         assert isinstance(sink, InfluxSink)
         rows.append(("readings written", f"{sink.readings} in {sink.lines} points "
                                           f"({sink.readings / max(stats.elapsed_s, 1e-9):,.0f} readings/s)"))
-        for reason, n in sorted(stats_rejected(sink).items()):
-            rows.append((f"not written: {reason}", f"{n}, e.g. {sink.encoder.rejected.examples[reason]}"))
+        rejected = sink.encoder.rejected
+        for reason, n in sorted(rejected.counts.items()):
+            rows.append((f"not written: {reason}", f"{n}, e.g. {rejected.examples[reason]}"))
         if sink.rejected_lines:
             example = next(iter(sink.rejected_by_server.items()))
             rows.append(("rejected by InfluxDB", f"{sink.rejected_lines}, e.g. {example[1]}"))
+        if rollup_minutes:
+            rows.append(("1-minute rollups", f"computed for the {rollup_minutes:,} minutes replayed"))
     else:
         assert isinstance(sink, MqttSink)
         rows.append(("published", f"{sink.published} to {args.prefix or 'the recorded topics'}"))
@@ -263,19 +272,45 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def stats_rejected(sink: Any) -> dict[str, int]:
-    return dict(sink.encoder.rejected.counts)
-
-
-def _ensure_database(client: Any, settings: Any) -> None:
+def _prepare_database(client: Any, catalog: Any, settings: Any) -> None:
+    """The database as ingest makes it (retention policies, rollups), so a replay lands where ingest's would."""
     from smartmine.influx import InfluxError
+    from smartmine.schema import ensure_database
 
     try:
-        client.create_database()
+        if settings.ingest.ensure_database:
+            ensure_database(client, catalog, retention=settings.ingest.retention,
+                            rollup_retention=settings.ingest.rollup_retention)
+        else:
+            client.create_database()
     except InfluxError as exc:
         # 2.x/3.x map databases to buckets and refuse CREATE DATABASE: the write then says what is wrong.
         if exc.status not in (400, 401, 403, 404, 405):
             raise
+
+
+def _backfill_rollups(client: Any, catalog: Any, span_ns: tuple[int, int], quiet: bool) -> int:
+    """The 1-minute rollups of the replayed span, a day at a time: the continuous queries only look back
+    minutes, so history written now would otherwise have no rollups (the dashboards' long ranges use them)."""
+    from datetime import UTC, datetime, timedelta
+
+    from replay.progress import make_progress
+    from smartmine.schema import backfill_rollups
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    minute = 60 * 10**9
+    start = span_ns[0] // minute * minute
+    end = (span_ns[1] // minute + 1) * minute
+    day = 86_400 * 10**9
+    progress = make_progress(quiet, unit="day")
+    with progress:
+        task = progress.add_task("1-minute rollups", total=-(-(end - start) // day))
+        for lo in range(start, end, day):
+            hi = min(lo + day, end)
+            backfill_rollups(client, catalog, epoch + timedelta(microseconds=lo // 1000),
+                             epoch + timedelta(microseconds=hi // 1000))
+            progress.advance(task)
+    return (end - start) // minute
 
 
 def _connect_mqtt(settings: Any, client_id: str | None) -> Any:
@@ -427,6 +462,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip corrupt chunks or lines, count them, go on")
     p.add_argument("--batch-lines", type=int, default=20_000, help="points per InfluxDB write")
     p.add_argument("--writers", type=int, default=2, help="concurrent InfluxDB writes")
+    p.add_argument("--no-rollups", action="store_true",
+                   help="do not compute the 1-minute rollups of the replayed span afterwards")
     p.add_argument("--client-id", help="MQTT client id (default: a fresh one)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_replay)

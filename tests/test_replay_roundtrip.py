@@ -1,8 +1,8 @@
 """Record and replay against the real broker and influxd: what comes out is what went in.
 
-``simulate`` → ``record`` → replay into a fresh InfluxDB gives the same points as a direct write of the same
-telemetry (the simulators' JSON Lines of the same run) through the shared encoder; ``export`` then replay gives
-the same points again; filters, ``--prefix``, ``--rebase-time``, ``--loop`` and ``import-csv`` do what they say.
+``simulate`` → ``record`` (while ``ingest`` stores the same messages) → replay into a fresh InfluxDB gives the
+points the live ingest stored; ``export`` then replay gives the same points again; filters, ``--prefix``,
+``--rebase-time``, ``--loop`` and ``import-csv`` do what they say.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ingest_helpers import stored_count, wait_until
 
+from ingest.service import IngestService
 from replay.format import RecordingReader
 from replay.recorder import Recorder, RecordResult
 from replay.synthetic import DEFAULT_START, write_jsonl
@@ -24,9 +27,8 @@ from smartmine.catalog import builtin_catalog
 from smartmine.cli import main
 from smartmine.config import Settings
 from smartmine.influx import InfluxClient
-from smartmine.schema import series_prefix, telemetry_line
 from smartmine.services import Influxd
-from smartmine.wire import parse_telemetry, parse_topic, subscription
+from smartmine.wire import parse_telemetry, subscription
 
 SIMULATED = "20s"  # of both sites, every equipment at its sample period
 
@@ -57,21 +59,6 @@ def dump(client: InfluxClient) -> list[tuple[Any, ...]]:
     return sorted(points)
 
 
-def direct_write(client: InfluxClient, jsonl: Path) -> None:
-    """The same telemetry written straight through the shared encoder, as ingest does."""
-    catalog = builtin_catalog()
-    lines = []
-    for line in jsonl.read_text().splitlines():
-        obj = json.loads(line)
-        t = parse_topic(obj["topic"], obj["topic"].rsplit("/", 4)[0])
-        eq = catalog.equipment(t.site, t.equipment)
-        assert eq is not None
-        sample = parse_telemetry(json.dumps(obj["payload"]))
-        lines.append(telemetry_line(series_prefix(eq.type, t.site, t.area, t.equipment), sample.ts, sample.seq,
-                                    sample.values()))
-    client.write_lines(lines)
-
-
 def record_in_background(settings: Settings, out: Path, count: int) -> tuple[threading.Thread, list[RecordResult]]:
     recorder = Recorder(settings, out, [subscription("telemetry", settings.topic_prefix)])
     results: list[RecordResult] = []
@@ -81,44 +68,59 @@ def record_in_background(settings: Settings, out: Path, count: int) -> tuple[thr
     return thread, results
 
 
-def test_simulate_record_replay_gives_the_same_points_as_a_direct_write(
+def test_simulate_record_replay_gives_the_same_points_as_the_live_ingest(
         settings: Settings, influx: InfluxClient, other_db: InfluxClient, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    # What the simulators publish, and (same seed, start and duration: byte-identical) the reference copy.
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The simulators publish; the ingest service stores it (in the settings' database) while we record it.
     simulate = ["simulate", "--site", "all", "--seed", "3", "--start", "2026-11-27T08:00:00Z", "--duration",
                 SIMULATED, "--speed", "max"]
     jsonl = tmp_path / "sim.jsonl"
-    assert main([*simulate, "--out", str(jsonl)]) == 0
+    assert main([*simulate, "--out", str(jsonl)]) == 0  # same seed, start, duration: the same messages
     n = sum(1 for line in jsonl.read_text().splitlines() if '/telemetry"' in line)
-    recording = tmp_path / "plant.smrec"
-    thread, results = record_in_background(settings, recording, n)
-
-    assert main([*simulate, "--qos", "1"]) == 0
-    thread.join(30)
+    service = IngestService(settings, client_id=f"ingest-{settings.topic_prefix}", metrics_port=0)
+    service.start()
+    try:
+        wait_until(lambda: service.health()[0], 15, "ingest connected")
+        recording = tmp_path / "plant.smrec"
+        thread, results = record_in_background(settings, recording, n)
+        assert main([*simulate, "--qos", "1"]) == 0
+        thread.join(30)
+        wait_until(lambda: stored_count(influx) >= n, 30, "ingest stored every sample")
+    finally:
+        service.stop()
     assert results, "recorder did not finish"
     manifest = results[0].manifest
     assert (manifest.messages, manifest.telemetry, manifest.invalid) == (n, n, 0)
     assert results[0].stop_reason == f"count {n} reached"
+    ingested = dump(influx)
+    assert len(ingested) == n
 
+    # Replay the recording into a fresh database: what the live ingest stored, point for point.
+    monkeypatch.setenv("SMARTMINE_INFLUX_DB", other_db.database)
+    capsys.readouterr()
     assert main(["replay", str(recording), "--to", "influx"]) == 0
-    direct_write(other_db, jsonl)
-    replayed = dump(influx)
-    assert len(replayed) == n
-    assert replayed == dump(other_db)
+    assert dump(other_db) == ingested
     out = capsys.readouterr().err
-    assert "readings written" in out and f"{manifest.readings} in {n} points" in out
+    assert f"{manifest.readings} in {n} points" in out and "1-minute rollups" in out
+    # ... with the rollups the dashboards read for long ranges, which ingest's continuous queries only make
+    # for the last minutes
+    rollups = other_db.query('SELECT count("air_volume_m3_min_mean") FROM "rollup_1m"."main_fan"')
+    assert rollups[0]["series"][0]["values"][0][1] >= 1
 
-    # export what is stored, replay the export into a third database: the same points again
+    # Export what ingest stored and replay the export into a third database: the same points again.
     export = tmp_path / "export.smrec"
+    monkeypatch.setenv("SMARTMINE_INFLUX_DB", influx.database)
     assert main(["export", "--from", "2026-11-27T07:00:00Z", "--to", "2026-11-27T09:00:00Z",
                  "--out", str(export), "--window", "90s"]) == 0
     exported = RecordingReader(export).manifest
     assert exported is not None and exported.messages == n and exported.readings == manifest.readings
-    other_db.drop_database()
-    other_db.create_database()
-    assert main(["replay", str(export), "--to", "influx", "--batch-lines", "50"]) == 0  # many small batches too
-    # replaying into the same database overwrote point by point: still exactly n points
-    assert dump(influx) == replayed
+    third = InfluxClient(influx.url, f"{other_db.database}_x")
+    monkeypatch.setenv("SMARTMINE_INFLUX_DB", third.database)
+    try:
+        assert main(["replay", str(export), "--to", "influx", "--batch-lines", "50"]) == 0  # small batches too
+        assert dump(third) == ingested
+    finally:
+        third.drop_database()
 
 
 def test_replay_to_mqtt_with_filters_prefix_and_rebased_time(settings: Settings, tmp_path: Path) -> None:
@@ -162,10 +164,13 @@ def test_import_csv_replays_a_nab_series_as_a_sensor(settings: Settings, influx:
     out = tmp_path / "nab.smrec"
     assert main(["import-csv", str(csv), "--time-col", "timestamp", "--site", "yanshan_mine", "--equipment",
                  "main_fan_1", "--sensor-map", "value=bearing_temp_c", "--out", str(out)]) == 0
-    assert main(["replay", str(out), "--to", "influx"]) == 0
+    # 2013 is far older than the raw retention policy: replayed as the most recent history instead
+    assert main(["replay", str(out), "--to", "influx", "--rebase-time"]) == 0
     rows = influx.query('SELECT "bearing_temp_c", "seq" FROM "main_fan"', epoch="s")[0]["series"][0]["values"]
-    # sorted by time, the empty cell left out, values exact
-    assert rows == [[1386018600, 71.5, 0], [1386018900, 73.96732207, 1], [1386019500, 76.12416182, 2]]
+    # sorted by time, the empty cell left out, values exact, spacing kept, the last one now
+    assert [r[1:] for r in rows] == [[71.5, 0], [73.96732207, 1], [76.12416182, 2]]
+    assert [rows[1][0] - rows[0][0], rows[2][0] - rows[1][0]] == [300, 600]
+    assert abs(rows[2][0] - time.time()) < 60
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -212,7 +217,7 @@ def test_corrupt_recording_fails_the_replay_with_file_and_offset(settings: Setti
     assert "truncated" in err and "Traceback" not in err
     assert influx.query('SELECT count(*) FROM "main_fan"')[0].get("series") is None  # nothing half-written
 
-    assert main(["replay", str(out), "--to", "influx", "--skip-bad"]) == 0
+    assert main(["replay", str(out), "--to", "influx", "--skip-bad", "--rebase-time"]) == 0
     assert "skipped (--skip-bad)" in capsys.readouterr().err
     rows = influx.query('SELECT count("bearing_temp_c") FROM "main_fan"')[0]["series"][0]["values"]
     assert rows[0][1] == 50  # the one chunk is intact: only the manifest was cut off
