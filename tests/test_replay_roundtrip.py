@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ingest.service import IngestService
 from ingest_helpers import stored_count, wait_until
 
-from ingest.service import IngestService
-from replay.format import RecordingReader
+from replay.format import Chunk, RecordingReader, RecordingWriter
+from replay.lines import LineEncoder, classify
 from replay.recorder import Recorder, RecordResult
-from replay.synthetic import DEFAULT_START, write_jsonl
+from replay.synthetic import DEFAULT_START, messages, write_jsonl
 from smartmine.catalog import builtin_catalog
 from smartmine.cli import main
 from smartmine.config import Settings
@@ -239,3 +240,21 @@ def test_replay_is_deterministic(settings: Settings, tmp_path: Path) -> None:
     assert received[0] == received[1]  # same messages, same order, same bytes
     assert [json.loads(p) for _, p, _ in received[0]] == [json.loads(line)["payload"]
                                                          for line in jsonl.read_text().splitlines()]
+
+
+def test_rebase_time_places_the_samples_own_times(settings: Settings, influx: InfluxClient, tmp_path: Path) -> None:
+    # Recorded at 17:00 from a simulator backfilling 08:00: receive times and sample times differ by hours.
+    catalog = builtin_catalog()
+    encoder = LineEncoder(catalog)
+    path = tmp_path / "backfill.smrec"
+    writer = RecordingWriter(path, "mqtt", "now", meta={"catalog_sha256": encoder.fingerprint})
+    chunk = Chunk.empty()
+    received = time.time_ns() - 3600 * 10**9
+    for n, (topic, payload) in enumerate(messages(catalog, DEFAULT_START, 3, site="yanshan_mine")):
+        chunk.append(received + n * 1_000_000, topic, payload, 1, False, classify(topic, payload, encoder))
+    writer.write(chunk)
+    writer.close()
+    assert main(["replay", str(path), "--to", "influx", "--rebase-time", "--equipment", "main_fan_1"]) == 0
+    rows = influx.query('SELECT "seq" FROM "main_fan"', epoch="s")[0]["series"][0]["values"]
+    assert [r[1] for r in rows] == [0, 1, 2] and rows[1][0] - rows[0][0] == 1  # the samples' own spacing
+    assert abs(rows[-1][0] - time.time()) < 60  # the last sample is now, not an hour ago
