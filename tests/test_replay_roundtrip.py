@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest.service import IngestService
 from ingest_helpers import stored_count, wait_until
 
+from ingest.service import IngestService
 from replay.format import Chunk, RecordingReader, RecordingWriter
 from replay.lines import LineEncoder, classify
 from replay.recorder import Recorder, RecordResult
