@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 from ingest.deadletter import DeadLetter, DeadLetterSink
 from ingest.metrics import IngestMetrics, MetricsServer
 from ingest.spool import Spool, SpoolFull
-from ingest.validate import REJECTED_BY_INFLUXDB, Validator
+from ingest.validate import PAYLOAD_TOO_LARGE, REJECTED_BY_INFLUXDB, TOO_LARGE_KEPT_BYTES, Validator
 from ingest.writer import BatchWriter, WriteUnavailable, backoff_delays
 from smartmine.catalog import Catalog, load_catalog
 from smartmine.config import Settings
@@ -64,8 +64,16 @@ def spool_dir(settings: Settings, client_id: str) -> Path:
     return settings.ingest.spool_dir or settings.data_dir / "spool" / client_id
 
 
-def shared_subscription(settings: Settings) -> str:
-    return f"$share/{settings.ingest.group}/{subscription('telemetry', settings.topic_prefix)}"
+def telemetry_subscription(settings: Settings) -> str:
+    """The plain subscription, or with a group the MQTT 5 shared one (``$share/<group>/...``).
+
+    Plain is the default because Mosquitto 2.0 does not restore a shared subscription from its persistence
+    file: after a broker restart, what is published before ingest re-subscribes would have no subscriber
+    and be dropped (tests/test_hardening_faults.py). A plain subscription of a persistent session is
+    restored and queues it. Several instances need the group, and so accept that window.
+    """
+    plain = subscription("telemetry", settings.topic_prefix)
+    return f"$share/{settings.ingest.group}/{plain}" if settings.ingest.group else plain
 
 
 @dataclass(slots=True)
@@ -108,7 +116,7 @@ class IngestService:
         self.metrics = IngestMetrics()
         self.totals = Totals()
         self._validator = Validator(self.catalog, settings.topic_prefix, max_sample_age_s=cfg.max_sample_age_s,
-                                    max_clock_skew_s=cfg.max_clock_skew_s)
+                                    max_clock_skew_s=cfg.max_clock_skew_s, max_payload_bytes=cfg.max_payload_bytes)
         self._influx = InfluxClient.from_settings(settings, timeout_s=cfg.write_timeout_s)
         self._writer = BatchWriter(self._influx, retry_initial_s=cfg.retry_initial_s, retry_max_s=cfg.retry_max_s,
                                    observe=self._observe_write, ensure_database=self._ensure_database)
@@ -242,7 +250,7 @@ class IngestService:
             self._epoch += 1
             self._connected = True
         self.metrics.connected.set(1)
-        topic = shared_subscription(self.settings)
+        topic = telemetry_subscription(self.settings)
         log.info("connected to %s as %s (session %s); subscribing to %s", self.settings.mqtt.masked(),
                  self.client_id, "resumed" if flags.session_present else "new", topic)
         client.subscribe(topic, qos=1)
@@ -250,7 +258,7 @@ class IngestService:
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         for r in reasons:
             if r.is_failure:
-                log.error("the broker refused the subscription %s: %s", shared_subscription(self.settings), r)
+                log.error("the broker refused the subscription %s: %s", telemetry_subscription(self.settings), r)
                 return
         self._subscribed = True
 
@@ -290,7 +298,8 @@ class IngestService:
                     b.oldest_sample = checked.sample_ts
             if checked.rejection is not None:
                 r = checked.rejection
-                b.letters.append(DeadLetter(r.reason, r.detail, msg.topic, payload, time=time.time()))
+                kept = payload[:TOO_LARGE_KEPT_BYTES] if r.reason == PAYLOAD_TOO_LARGE else payload
+                b.letters.append(DeadLetter(r.reason, r.detail, msg.topic, kept, time=time.time()))
             if (len(b.lines) >= self.cfg.batch_size or b.nbytes >= self.cfg.batch_max_bytes
                     or len(b.acks) >= self._max_batch_messages):
                 self._seal_locked()

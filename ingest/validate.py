@@ -24,6 +24,7 @@ OUT_OF_RANGE = "out_of_range"
 # Dead-letter reasons: stable names, used as the metrics label and in the dead-letter record.
 INVALID_TOPIC = "invalid_topic"
 INVALID_PAYLOAD = "invalid_payload"
+PAYLOAD_TOO_LARGE = "payload_too_large"
 UNKNOWN_SITE = "unknown_site"
 UNKNOWN_EQUIPMENT = "unknown_equipment"
 AREA_MISMATCH = "area_mismatch"
@@ -31,8 +32,11 @@ UNKNOWN_SENSOR = "unknown_sensor"
 TIMESTAMP_TOO_OLD = "timestamp_too_old"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 REJECTED_BY_INFLUXDB = "rejected_by_influxdb"
-REASONS = (INVALID_TOPIC, INVALID_PAYLOAD, UNKNOWN_SITE, UNKNOWN_EQUIPMENT, AREA_MISMATCH, UNKNOWN_SENSOR,
-           TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, REJECTED_BY_INFLUXDB)
+REASONS = (INVALID_TOPIC, INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, UNKNOWN_SITE, UNKNOWN_EQUIPMENT, AREA_MISMATCH,
+           UNKNOWN_SENSOR, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, REJECTED_BY_INFLUXDB)
+
+# A dead letter of an oversized payload keeps only its head: a flood of them must not fill the disk.
+TOO_LARGE_KEPT_BYTES = 4096
 
 # Distinct topics remembered; a flood of bogus topics must not grow memory without bound.
 _TOPIC_CACHE_MAX = 100_000
@@ -69,8 +73,10 @@ class Checked:
 class Validator:
     """Turns (topic, payload) into a line of line protocol or a rejection. Not thread-safe (one per consumer)."""
 
-    def __init__(self, catalog: Catalog, prefix: str, *, max_sample_age_s: float, max_clock_skew_s: float) -> None:
+    def __init__(self, catalog: Catalog, prefix: str, *, max_sample_age_s: float, max_clock_skew_s: float,
+                 max_payload_bytes: int = 262_144) -> None:
         self.catalog = catalog
+        self.max_payload_bytes = max_payload_bytes
         self.prefix = prefix
         self.max_sample_age_s = max_sample_age_s
         self.max_clock_skew_s = max_clock_skew_s
@@ -107,6 +113,11 @@ class Validator:
         target = self.target(topic)
         if isinstance(target, Rejection):
             return Checked(None, rejection=target)
+        if len(payload) > self.max_payload_bytes:
+            # Refused before parsing: a huge payload must not cost the parser's time and memory.
+            return Checked(None, rejection=Rejection(
+                PAYLOAD_TOO_LARGE, f"payload of {len(payload)} bytes is over the limit of {self.max_payload_bytes} "
+                                   "bytes (SMARTMINE_INGEST__MAX_PAYLOAD_BYTES)"))
         try:
             sample = parse_telemetry(payload)
         except WireError as exc:

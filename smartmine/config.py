@@ -74,7 +74,8 @@ def _mask_url(url: str) -> str:
 class IngestSettings(BaseModel):
     """Settings of the ingest service (``SMARTMINE_INGEST__<NAME>``); docs/ingest.md explains each."""
 
-    group: str = Field(default="smartmine-ingest", description="MQTT 5 shared-subscription group")
+    group: str = Field(default="", description="MQTT 5 shared-subscription group to split the load between "
+                       "instances; empty: a plain subscription, which survives a Mosquitto restart")
     client_id: str = Field(default="smartmine-ingest", description="MQTT client id (persistent session)")
     session_expiry_s: int = Field(default=86_400, ge=0, description="How long the broker keeps the session "
                                   "(and queues telemetry) while ingest is down")
@@ -91,6 +92,8 @@ class IngestSettings(BaseModel):
     spool_max_mb: int = Field(default=1024, ge=1)
     deadletter_file: Path | None = Field(default=None, description="Default: <data_dir>/deadletter.jsonl")
     deadletter_topic: str | None = Field(default=None, description="Default: <prefix>/deadletter/ingest")
+    max_payload_bytes: int = Field(default=262_144, ge=1024, description="Larger messages are dead-lettered "
+                                   "unparsed (a sample of 1024 readings is about 50 kB)")
     max_sample_age_s: float = Field(default=7 * 86_400, gt=0,
                                     description="Older samples are dead-lettered (keep below the retention)")
     max_clock_skew_s: float = Field(default=300.0, ge=0, description="Samples further in the future are "
