@@ -12,14 +12,16 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import pandas as pd
 import urllib3
 from influxdb_client.client.write.point import Point
 
 from smartmine.config import Settings
+
+if TYPE_CHECKING:  # pandas costs ~1 s to import; only the query helpers need it, so it loads there
+    import pandas as pd
 
 __all__ = ["InfluxClient", "InfluxError", "PartialWriteError", "Point", "quote_ident", "quote_string"]
 
@@ -202,6 +204,8 @@ class InfluxClient:
 
     def query_df(self, q: str) -> pd.DataFrame:
         """One InfluxQL statement as a DataFrame: a UTC ``time`` column, tag columns, then value columns."""
+        import pandas as pd
+
         frames = []
         for result in self.query(q):
             for series in result.get("series", []):
@@ -227,6 +231,8 @@ class InfluxClient:
 
 def series_frame(series: Mapping[str, Any]) -> pd.DataFrame:
     """One InfluxQL series (name, tags, columns, values) as a DataFrame with tags as columns."""
+    import pandas as pd
+
     frame = pd.DataFrame(series.get("values", []), columns=series["columns"])
     if "time" in frame.columns and len(frame):
         if pd.api.types.is_integer_dtype(frame["time"]):
