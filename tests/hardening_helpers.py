@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import queue
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from smartmine.catalog import load_catalog
 from smartmine.config import MqttUrl, parse_mqtt_url
@@ -50,19 +48,6 @@ def start_secure_broker(directory: Path, pki: TlsFiles, prefix: str = PREFIX) ->
                        message_size_limit=BROKER_MESSAGE_LIMIT)
     broker.start()
     return SecureBroker(broker, passwords, pki, prefix)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory, pki: TlsFiles) -> Iterator[SecureBroker]:
-    """TLS only, a password per user, the ACL generated from the built-in catalog."""
-    sb = start_secure_broker(tmp_path_factory.mktemp("secure_mosquitto"), pki)
-    yield sb
-    sb.broker.stop()
 
 
 class Session:

@@ -16,96 +16,42 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
+from hardening_helpers import PREFIX, SecureBroker, Session, connect, make_pki, start_secure_broker
 
 from smartmine.catalog import load_catalog
-from smartmine.config import MqttUrl, load_settings, parse_mqtt_url
+from smartmine.config import MqttUrl, load_settings
 from smartmine.influx import Auth, InfluxClient, InfluxError
 from smartmine.mqtt import make_client
 from smartmine.security import (
     TlsFiles,
     broker_acl,
     broker_users,
-    issue_certificate,
     make_ca,
     simulator_user,
 )
-from smartmine.services import Influxd, Mosquitto, free_port, port_in_use, wait_for
+from smartmine.services import Influxd, free_port, port_in_use, wait_for
 from smartmine.wire import encode_telemetry, topic
 
 REPO = Path(__file__).resolve().parents[1]
-PREFIX = "smartmine"
 MINE, STEEL = "yanshan_mine", "jinggang_steel"
 USERS = (simulator_user(MINE), simulator_user(STEEL), "ingest", "analytics", "alerts", "ops")
 
 
-@dataclass
-class SecureBroker:
-    broker: Mosquitto
-    passwords: dict[str, str]
-    ca: TlsFiles
-
-    def url(self, user: str | None, password: str | None = None) -> MqttUrl:
-        base = parse_mqtt_url(self.broker.url)
-        if user is not None and password is None:
-            password = self.passwords[user]
-        return MqttUrl(base.host, base.port, base.tls, user, password)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    d = tmp_path_factory.mktemp("pki")
-    return issue_certificate(make_ca(d / "ca"), d / "server")
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory, pki: TlsFiles) -> Iterator[SecureBroker]:
     """TLS only, a password per user, the ACL generated from the built-in catalog."""
-    d = tmp_path_factory.mktemp("secure_mosquitto")
-    acl = d / "acl"
-    acl.write_text(broker_acl(load_catalog(None), PREFIX))
-    passwords = {user: secrets.token_urlsafe(12) for user in USERS}
-    broker = Mosquitto(d / "broker", users=passwords, acl_file=acl, tls=pki, message_size_limit=65536)
-    broker.start()
-    yield SecureBroker(broker, passwords, pki)
-    broker.stop()
-
-
-class Session:
-    """A connected client that records what happens to it (connect result, deliveries, acks)."""
-
-    def __init__(self, url: MqttUrl, ca: Path | None, client_id: str) -> None:
-        self.events: queue.Queue[tuple[str, object]] = queue.Queue()
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.client = make_client(url, client_id, ca_file=ca)
-        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.events.put(("connect", rc))
-        self.client.on_subscribe = lambda _c, _u, _m, rcs, _p: self.events.put(("subscribe", rcs))
-        self.client.on_publish = lambda _c, _u, _m, rc, _p: self.events.put(("publish", rc))
-        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
-        self.client.connect(url.host, url.port)
-        self.client.loop_start()
-
-    def expect(self, kind: str, timeout_s: float = 10.0) -> object:
-        while True:
-            got, value = self.events.get(timeout=timeout_s)
-            if got == kind:
-                return value
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def connect(sb: SecureBroker, user: str, client_id: str) -> Session:
-    s = Session(sb.url(user), sb.ca.ca, client_id)
-    rc = s.expect("connect")
-    assert not rc.is_failure, f"{user} could not connect: {rc}"  # type: ignore[attr-defined]
-    return s
+    sb = start_secure_broker(tmp_path_factory.mktemp("secure_mosquitto"), pki)
+    yield sb
+    sb.broker.stop()
 
 
 def subscribe(s: Session, *filters: str) -> None:
