@@ -91,9 +91,10 @@ class EpisodeTracker:
         """The streaming form: score one sample with ``detector`` and track its episode."""
         if math.isnan(x):
             return None
-        a = detector.update(ts, x)
-        if a is not None:
-            return self.flagged(a)
+        # Detector.update inlined: this runs for every detector on every reading of the streaming job.
+        score, level = detector.step(ts, x)
+        if level:
+            return self.flagged(detector.anomaly(ts, x, score, level, detector.evidence()))
         if detector.rule in self.open:
             return self.quiet(detector, ts, x)
         return None

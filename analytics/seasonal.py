@@ -51,7 +51,7 @@ class SeasonalBaseline(Detector):
         self.var = [0.0] * slots
         self.weight = [0.0] * slots  # the variance's weights so far: early estimates are not biased low
         self.count = [0] * slots
-        self.ev: dict[str, float] = {}
+        self.ev: tuple[float, float, float, float] = (0.0, math.nan, 0.0, threshold)  # z, expected, slot, thr
 
     def slot_of(self, ts: int) -> int:
         return int(((ts + self.utc_offset_ns) // 1_000_000_000) % DAY_S) // self.slot_s
@@ -74,7 +74,7 @@ class SeasonalBaseline(Detector):
             self.weight[s] = ((1.0 - a) * a) * 1.0 + (1.0 - a) * w
         self.count[s] += 1
         eff, flagged = self.gate.judge(z)
-        self.ev = {"z": z, "expected": expected, "slot": float(s), "threshold": eff}
+        self.ev = (z, expected, float(s), eff)  # a dict only when asked (evidence): this runs per sample
         return (z / (z + eff) if z > 0 else 0.0), (self._level if flagged else 0)
 
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
@@ -111,7 +111,8 @@ class SeasonalBaseline(Detector):
                         {"z": z, "expected": expected, "slot": slot.astype(np.float64), "threshold": eff})
 
     def evidence(self) -> dict[str, float]:
-        return dict(self.ev)
+        z, expected, slot, threshold = self.ev
+        return {"z": z, "expected": expected, "slot": slot, "threshold": threshold}
 
     def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
         slot = int(ev["slot"])
