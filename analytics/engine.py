@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analytics.detector import Detector, SensorContext, level_of, severity_of
+from analytics.detector import Detector, FloatArray, SensorContext, level_of, severity_of
 from analytics.early import EarlyWarning
 from analytics.episodes import EpisodeTracker, Transition, batch_transitions
 from analytics.health import CounterDecrease, Dropout, Flatline, PhysicalRange
@@ -32,6 +32,7 @@ from analytics.multivariate import PcaMonitor, RedundantDrift
 from analytics.seasonal import SeasonalBaseline
 from analytics.statistical import Cusum, EwmaChart, RobustZ
 from smartmine.catalog import Catalog, ResolvedEquipment
+from smartmine.catalog.model import RunningState
 from smartmine.config import AnalyticsSettings
 
 
@@ -76,6 +77,52 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
     return dets
 
 
+#: Level statistics: they compare a reading with the recent level, which a start or stop moves by design.
+STATE_DRIVEN = frozenset({"mad", "ewma", "cusum", "seasonal"})
+
+
+class RunningGate:
+    """Whether a start/stop machine has been running for its settle time (catalog ``running``), in both
+    forms. While it is stopped or settling, its level statistics (:data:`STATE_DRIVEN`) see no samples —
+    as if missing: they neither score nor learn — so their reference holds only running readings and a
+    start is not a step. Limits, early warnings and sensor health keep watching every sample."""
+
+    def __init__(self, spec: RunningState) -> None:
+        self.sensor = spec.sensor
+        self.above = spec.above
+        self.settle_ns = round(spec.settle_s * 1e9)
+        self.since: int | None = None  # ts of the first reading of the current run; None: stopped
+
+    def step(self, ts: int, readings: Mapping[str, float]) -> bool:
+        """Streaming: update from the driver's reading in this sample (if any); settled?"""
+        x = readings.get(self.sensor, math.nan)
+        if math.isfinite(x):
+            if x < self.above:
+                self.since = None
+            elif self.since is None:
+                self.since = ts
+        return self.since is not None and ts - self.since >= self.settle_ns
+
+    def settled(self, ts: np.ndarray, driver: FloatArray) -> np.ndarray:
+        """Batch: per row, the same answer as :meth:`step`; continues from (and updates) the state."""
+        n = len(ts)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        was_running = self.since is not None
+        finite = np.isfinite(driver)
+        last = np.maximum.accumulate(np.where(finite, np.arange(n), -1))  # the latest driver reading
+        with np.errstate(invalid="ignore"):
+            above = driver >= self.above
+        running = np.where(last >= 0, above[np.maximum(last, 0)], was_running)
+        start = running & ~np.concatenate([[was_running], running[:-1]])
+        none = np.iinfo(np.int64).min
+        since = np.maximum.accumulate(np.where(start, ts, none))
+        since = np.where(since == none, self.since if self.since is not None else 0, since)
+        out = running & (np.where(running, ts - since, -1) >= self.settle_ns)
+        self.since = int(since[-1]) if running[-1] else None
+        return out
+
+
 def _ns(times: pd.Series | pd.Index) -> np.ndarray:
     idx = pd.DatetimeIndex(times)
     idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
@@ -94,6 +141,8 @@ class EquipmentScorer:
             sid: sensor_detectors(ctx, cfg, utc_offset_s) for sid, ctx in self.contexts.items()}
         self.tracker = EpisodeTracker()
         self.samples = 0
+        running = eq.type_spec.running
+        self.running = RunningGate(running) if running is not None and running.sensor in eq.sensors else None
         self.unknown_sensors: set[str] = set()
         self.pca = self._pca(language)
         # sensor -> drift detector against the first redundant neighbour that has the same sensor
@@ -147,12 +196,15 @@ class EquipmentScorer:
         """Streaming: one equipment sample (sensor -> value) at ``ts`` ns."""
         out: list[Transition] = []
         observe = self.tracker.observe
+        settled = self.running.step(ts, readings) if self.running is not None else True
         for sensor, x in readings.items():
             dets = self.detectors.get(sensor)
             if dets is None:
                 self.unknown_sensors.add(sensor)
                 continue
             for d in dets:
+                if not settled and d.name in STATE_DRIVEN:
+                    continue  # a machine starting or stopped: its level is its state, not news
                 t = observe(d, ts, x)
                 if t is not None:
                     out.append(t)
@@ -170,14 +222,25 @@ class EquipmentScorer:
         times = frame["time"] if "time" in frame.columns else frame.index
         ts_all = _ns(times)
         out: list[Transition] = []
+        settled = None
+        if self.running is not None:
+            driver = (pd.to_numeric(frame[self.running.sensor], errors="coerce").to_numpy(dtype=np.float64)
+                      if self.running.sensor in frame.columns else np.full(len(frame), np.nan))
+            settled = self.running.settled(ts_all, driver)
         for sensor, dets in self.detectors.items():
             if sensor not in frame.columns:
                 continue
             x_all = pd.to_numeric(frame[sensor], errors="coerce").to_numpy(dtype=np.float64)
             mask = np.isfinite(x_all)
             ts, x = ts_all[mask], x_all[mask]
+            if settled is not None:
+                gated = mask & settled
+                ts_gated, x_gated = ts_all[gated], x_all[gated]
             for d in dets:
-                out.extend(batch_transitions(self.tracker, d, ts, x, d.run(ts, x)))
+                if settled is not None and d.name in STATE_DRIVEN:
+                    out.extend(batch_transitions(self.tracker, d, ts_gated, x_gated, d.run(ts_gated, x_gated)))
+                else:
+                    out.extend(batch_transitions(self.tracker, d, ts, x, d.run(ts, x)))
         if self.pca is not None and all(c in frame.columns for c in self.pca.columns):
             rows = frame[self.pca.columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
             v = self.pca.run(ts_all, rows)

@@ -127,6 +127,17 @@ class RotatingMachine(_Strict):
     bearing: BearingGeometry | None = None
 
 
+class RunningState(_Strict):
+    """When a machine that starts and stops counts as running, from the sensor that drives it (a pump's
+    motor current). Its other readings jump at every start and stop: that is the duty cycle, not a fault,
+    so level statistics look only at readings taken while it has been running for ``settle_s``."""
+
+    sensor: str
+    above: float
+    settle_s: float = Field(default=60.0, ge=0)
+    source: str | None = None
+
+
 class EquipmentType(_Strict):
     name: DisplayName
     site_kinds: tuple[SiteKind, ...]
@@ -134,7 +145,14 @@ class EquipmentType(_Strict):
     # Location-dependent limits (e.g. methane at a coal face vs. a return airway): profile -> sensor -> limits.
     limit_profiles: dict[str, dict[str, tuple[Limit, ...]]] = {}
     rotating: RotatingMachine | None = None
+    running: RunningState | None = None
     description: str | None = None
+
+    @model_validator(mode="after")
+    def _running_sensor_exists(self) -> EquipmentType:
+        if self.running is not None and self.running.sensor not in self.sensors:
+            raise ValueError(f"running.sensor {self.running.sensor!r} is not a sensor of this type")
+        return self
 
 
 class Equipment(_Strict):
