@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from smartmine.catalog import ResolvedEquipment, load_catalog
 from smartmine.config import parse_mqtt_url
 from smartmine.influx import InfluxClient
 from smartmine.mqtt import make_client
-from smartmine.services import Influxd, Mosquitto, free_port, wait_for
+from smartmine.services import Influxd, Mosquitto, free_port, terminate, wait_for
 from smartmine.wire import encode_telemetry, topic
 
 PREFIX = "soak"
@@ -258,11 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stored = _stored(influx)
         probe.close()
     finally:
-        ingest.send_signal(signal.SIGTERM)
-        try:
-            ingest.wait(60)
-        except subprocess.TimeoutExpired:
-            ingest.kill()
+        terminate(ingest, 60)
         log.close()
         if out:
             out.close()

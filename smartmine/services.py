@@ -54,6 +54,17 @@ def wait_for(check: object, timeout_s: float, what: str, interval_s: float = 0.0
     raise ServiceError(f"{what} not ready after {timeout_s:.0f} s")
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """Stop a child gracefully (SIGTERM, so it can flush), then SIGKILL after ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def find_binary(name: str, package: str) -> str:
     for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
         if candidate and os.access(candidate, os.X_OK):
@@ -110,16 +121,8 @@ class _Service:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop gracefully (SIGTERM), then SIGKILL after ``timeout_s``."""
-        proc = self.process
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if self.process is not None:
+            terminate(self.process, timeout_s)
         self.process = None
 
     def kill(self) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from smartmine.catalog import ResolvedEquipment, load_catalog
 from smartmine.config import Settings, parse_mqtt_url
 from smartmine.influx import InfluxClient
 from smartmine.mqtt import make_client
-from smartmine.services import Influxd, Mosquitto, free_port
+from smartmine.services import Influxd, Mosquitto, free_port, terminate
 from smartmine.wire import encode_telemetry, topic
 
 pytestmark = pytest.mark.slow
@@ -229,11 +228,7 @@ def test_nothing_lost_through_ingest_crash_broker_restart_and_influxdb_outage(
                 assert value == publisher.values[(eq, seq)]
         assert set(got) == set(final)
     finally:
-        ingest.send_signal(signal.SIGTERM)
-        try:
-            ingest.wait(30)
-        except subprocess.TimeoutExpired:
-            ingest.kill()
+        terminate(ingest, 30)
         influx.close()
     assert ingest.returncode == 0, log.read_text()[-3000:]
 

@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from smartmine.influx import Auth, InfluxClient
 from smartmine.mqtt import make_client
 from smartmine.schema import ts_ns
 from smartmine.security import simulator_user
-from smartmine.services import Influxd, free_port
+from smartmine.services import Influxd, free_port, terminate
 from smartmine.wire import WireError, encode_telemetry, parse_telemetry, topic
 
 MINE, STEEL = "yanshan_mine", "jinggang_steel"
@@ -142,11 +141,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         _wait(lambda: _healthy(port), 30, "ingest connected over TLS and subscribed")
         yield p
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc, 30)
         server.stop()
         secure_broker.broker.stop()
 
