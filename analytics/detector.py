@@ -82,6 +82,7 @@ class SensorContext:
     normal: tuple[float, float] | None = None
     physical: tuple[float, float] | None = None
     limits: tuple[Limit, ...] = ()
+    set_point: bool = False  # a manipulated variable (catalog ``set_by``): its level is someone's choice
 
     @classmethod
     def from_catalog(cls, eq: ResolvedEquipment, sensor: str, language: str = "en") -> SensorContext:
@@ -89,7 +90,7 @@ class SensorContext:
         return cls(site=eq.site, area=eq.area, equipment=eq.id, equipment_name=eq.name.get(language),
                    sensor=sensor, sensor_name=s.spec.name.get(language), unit=s.unit, kind=s.spec.kind,
                    sample_period_s=s.spec.sample_period_s, normal=s.spec.normal, physical=s.spec.physical,
-                   limits=s.limits)
+                   limits=s.limits, set_point=s.spec.set_by is not None)
 
     @property
     def where(self) -> str:
@@ -164,6 +165,9 @@ class Detector(ABC):
     severity: str = "warning"
     #: an episode on this rule clears after this long without a flag (see analytics.episodes)
     hold_s: float = 0.0
+    #: an episode on this rule raises the detector's severity only once it has lasted this long; until
+    #: then it is ``info`` (shown, not paged). 0: the first flag raises it (limits, health, early warnings)
+    confirm_s: float = 0.0
 
     def __init__(self, ctx: SensorContext | None = None) -> None:
         self.ctx = ctx or SensorContext()

@@ -5,7 +5,8 @@ detectors are plugins). Per sensor, from its catalog entry:
 
 - every catalog limit -> a :class:`LimitRule` and an :class:`EarlyWarning` (gauges)
 - gauges -> robust median/MAD, EWMA chart, the shift/daily seasonal baseline, stuck detection, and the
-  CUSUM when ``cusum_enabled`` (off by default: see the setting)
+  CUSUM when ``cusum_enabled`` (off by default: see the setting); a set point (catalog ``set_by``: the
+  oxygen flow of a blow, a mill's speed) gets no level statistics, only stuck detection
 - counters -> counter-decrease; every sensor -> dropout, and out-of-physical-range when it has one
 - state sensors (on/off) -> only their limits
 - per equipment: PCA T²/Q over its gauges, and drift against each ``redundant_with`` neighbour
@@ -55,17 +56,21 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
         dets += [EarlyWarning(ctx, lim, window=early_window, hop=early_hop, horizon_s=cfg.early_horizon_s,
                               min_t=cfg.early_min_t, severity=stat_sev) for lim in ctx.limits]
         novelty = samples(cfg.novelty_s, period, 0)
-        dets += [
-            RobustZ(ctx, window=window, hop=hop, threshold=cfg.mad_threshold, severity=stat_sev, novelty=novelty),
-            EwmaChart(ctx, window=window, hop=hop, threshold=cfg.ewma_threshold, smoothing=cfg.ewma_smoothing,
-                      severity=stat_sev, novelty=novelty),
-            SeasonalBaseline(ctx, slot_s=cfg.seasonal_slot_s, utc_offset_s=utc_offset_s, days=cfg.seasonal_days,
-                             threshold=cfg.seasonal_threshold, severity=stat_sev, novelty=novelty),
-            Flatline(ctx, samples=samples(cfg.stuck_after_s, period, 3), severity=stat_sev),
-        ]
-        if cfg.cusum_enabled:
-            dets.append(Cusum(ctx, window=window, hop=hop, threshold=cfg.cusum_threshold,
-                              memory=samples(cfg.cusum_memory_s, period, 2), severity=stat_sev, novelty=novelty))
+        if not ctx.set_point:  # a set point's level is someone's choice, not news
+            dets += [
+                RobustZ(ctx, window=window, hop=hop, threshold=cfg.mad_threshold, severity=stat_sev,
+                        novelty=novelty),
+                EwmaChart(ctx, window=window, hop=hop, threshold=cfg.ewma_threshold, smoothing=cfg.ewma_smoothing,
+                          severity=stat_sev, novelty=novelty),
+                SeasonalBaseline(ctx, slot_s=cfg.seasonal_slot_s, utc_offset_s=utc_offset_s,
+                                 days=cfg.seasonal_days, threshold=cfg.seasonal_threshold, severity=stat_sev,
+                                 novelty=novelty),
+            ]
+            if cfg.cusum_enabled:
+                dets.append(Cusum(ctx, window=window, hop=hop, threshold=cfg.cusum_threshold,
+                                  memory=samples(cfg.cusum_memory_s, period, 2), severity=stat_sev,
+                                  novelty=novelty))
+        dets.append(Flatline(ctx, samples=samples(cfg.stuck_after_s, period, 3), severity=stat_sev))
     elif ctx.kind == "counter":
         dets.append(CounterDecrease(ctx, severity=stat_sev))
     dets.append(Dropout(ctx, factor=cfg.dropout_factor, severity=stat_sev))
@@ -74,10 +79,13 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
     for d in dets:
         if not isinstance(d, LimitRule):  # a limit's hysteresis is its hold
             d.hold_s = cfg.clear_after_s
+        if d.name in STATE_DRIVEN:
+            d.confirm_s = cfg.confirm_s
     return dets
 
 
 #: Level statistics: they compare a reading with the recent level, which a start or stop moves by design.
+#: A flag of theirs pages only once confirmed (``confirm_s``); limits, early warnings and health at once.
 STATE_DRIVEN = frozenset({"mad", "ewma", "cusum", "seasonal"})
 
 
@@ -169,6 +177,7 @@ class EquipmentScorer:
                          hop=samples(self.cfg.pca_refit_s, period, 1), severity=self.cfg.statistical_severity,
                          novelty=samples(self.cfg.novelty_s, period, 0))
         pca.hold_s = self.cfg.clear_after_s
+        pca.confirm_s = self.cfg.confirm_s
         return pca
 
     def all_detectors(self) -> Iterator[Detector]:
@@ -182,7 +191,7 @@ class EquipmentScorer:
         """Streaming for a detector that takes several values per sample (PCA)."""
         a = det.update(ts, row)  # type: ignore[arg-type]
         if a is not None:
-            return self.tracker.flagged(a)
+            return self.tracker.flagged(a, det.confirm_s)
         if det.rule in self.tracker.open:
             return self.tracker.quiet(det, ts, math.nan)
         return None

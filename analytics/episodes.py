@@ -7,6 +7,11 @@ after the last flagged one. Limit rules carry their own hysteresis, so their hol
 on the first sample past restore); statistical detectors hold a little so a flickering score does
 not flap the alert.
 
+A detector with a ``confirm_s`` (the level statistics) has to persist before it pages: its episode fires
+at ``info`` and escalates to the detector's severity on the first flag at least ``confirm_s`` after the
+episode began. A plant fault lasts (a slipping belt, an inrush, a leak); a start, a stop or a bar
+entering a mill stand moves a reading for a few seconds, and so does a one-off glitch.
+
 The streaming job feeds :class:`EpisodeTracker` sample by sample; the batch job feeds it only the
 flagged samples and the samples where a clearing is due (:func:`batch_transitions`), which yields
 exactly the same transitions without a Python loop over every sample.
@@ -63,8 +68,11 @@ class EpisodeTracker:
     def __init__(self) -> None:
         self.open: dict[str, Episode] = {}
 
-    def flagged(self, a: Anomaly) -> Transition | None:
+    def flagged(self, a: Anomaly, confirm_s: float = 0.0) -> Transition | None:
+        """A flagged sample on ``a.rule``; below ``confirm_s`` into its episode it counts as ``info``."""
         ep = self.open.get(a.rule)
+        if confirm_s > 0.0 and a.severity != "info" and (ep is None or a.ts - ep.start < confirm_s * 1e9):
+            a = replace(a, severity="info")  # not confirmed yet: shown, not paged
         if ep is None:
             ep = Episode(a.rule, a.detector, a.ts, a.ts, a.ts, a.severity, a, a)
             self.open[a.rule] = ep
@@ -94,7 +102,7 @@ class EpisodeTracker:
         # Detector.update inlined: this runs for every detector on every reading of the streaming job.
         score, level = detector.step(ts, x)
         if level:
-            return self.flagged(detector.anomaly(ts, x, score, level, detector.evidence()))
+            return self.flagged(detector.anomaly(ts, x, score, level, detector.evidence()), detector.confirm_s)
         if detector.rule in self.open:
             return self.quiet(detector, ts, x)
         return None
@@ -135,7 +143,7 @@ def batch_transitions(tracker: EpisodeTracker, detector: Detector, ts: np.ndarra
         if is_flag:
             ev = {k: float(col[i]) for k, col in v.evidence.items()}
             a = detector.anomaly(int(ts[i]), float(x[i]), float(v.score[i]), int(v.level[i]), ev)
-            t = tracker.flagged(a)
+            t = tracker.flagged(a, detector.confirm_s)
         else:
             t = tracker.quiet(detector, int(ts[i]), float(x[i]))
         if t is not None:

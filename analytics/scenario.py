@@ -12,6 +12,11 @@ Measured:
 - event precision: an episode is right when it falls in any fault interval of its equipment
   (transport included), otherwise it is a false alarm.
 - detection delay: episode start minus fault start, for found faults.
+
+These count *alarms*: episodes that reached ``warning`` or above (what pages ops), from the moment they did.
+An episode that stayed ``info`` (a level statistic that did not last ``confirm_s``) is shown on the boards
+but pages nobody; it is neither a false alarm nor a detection there. The same figures over every episode,
+``info`` included, are reported as ``findings_*`` so the effect of the confirmation is visible.
 - limit rules: every sample at or past a catalog limit must lie inside an episode of that limit
   (recall) that started no later than the first violating sample of the excursion (zero delay).
 - early warning: for every limit excursion, whether an ``early:`` warning on the same limit fired before
@@ -23,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from analytics.episodes import Transition
 from smartmine.catalog import Catalog
 from smartmine.config import AnalyticsSettings
 from smartmine.errors import UsageError
+from smartmine.wire import SEVERITY_RANK
 
 SPREADING = {"ventilation_failure": "gas_monitor"}  # fault kind -> equipment type where it also shows
 NOT_PLANT_FAULTS = {"duplicate", "out_of_order", "late", "clock_skew"}
@@ -59,6 +65,7 @@ class EpisodeRecord:
     detector: str
     start: int
     end: int | None
+    alarm: int | None = None  # when it first reached warning or above (None: it stayed info)
 
 
 def _ns(text: str) -> int:
@@ -134,26 +141,42 @@ def score_telemetry(frames: dict[tuple[str, str], pd.DataFrame], catalog: Catalo
 
 
 def episodes_of(transitions: list[Transition]) -> list[EpisodeRecord]:
-    """One record per episode: its start and (when cleared) its end."""
+    """One record per episode: its start, when it became an alarm (if it did) and (when cleared) its end."""
     open_: dict[tuple[str, str, str], EpisodeRecord] = {}
     done: list[EpisodeRecord] = []
+    warning = SEVERITY_RANK["warning"]
     for t in sorted(transitions, key=lambda t: t.ts):
         ctx = t.anomaly.ctx
         key = (ctx.site, ctx.equipment, t.episode.rule)
+        alarm = t.ts if SEVERITY_RANK[t.episode.severity] >= warning else None
         if t.kind == "firing" and key not in open_:
             open_[key] = EpisodeRecord(ctx.site, ctx.equipment, t.episode.rule, t.episode.detector, t.episode.start,
-                                       None)
+                                       None, alarm)
+        elif t.kind == "escalated" and key in open_ and open_[key].alarm is None and alarm is not None:
+            open_[key] = replace(open_[key], alarm=alarm)
         elif t.kind == "cleared" and key in open_:
-            e = open_.pop(key)
-            done.append(EpisodeRecord(e.site, e.equipment, e.rule, e.detector, e.start, t.episode.last))
+            done.append(replace(open_.pop(key), end=t.episode.last))
     return done + list(open_.values())
 
 
 def evaluate(frames: dict[tuple[str, str], pd.DataFrame], truth: list[FaultInterval], catalog: Catalog,
              cfg: AnalyticsSettings, grace_s: float = 120.0) -> dict[str, Any]:
     _, episodes = score_telemetry(frames, catalog, cfg)
-    grace = int(grace_s * 1e9)
     types = {(eq.site, eq.id): eq.type for eq in catalog.all_equipment()}
+    alarms = [replace(e, start=e.alarm) for e in episodes if e.alarm is not None]
+    out = _events(alarms, truth, types, grace_s)
+    findings = _events(episodes, truth, types, grace_s)
+    out.update({"info_only_episodes": len(episodes) - len(alarms),
+                "findings_recall": findings["event_recall"], "findings": findings["episodes"],
+                "findings_false": findings["false_alarms"], "findings_precision": findings["event_precision"]})
+    out.update(_limits_and_early(frames, episodes, catalog))
+    return out
+
+
+def _events(episodes: list[EpisodeRecord], truth: list[FaultInterval], types: dict[tuple[str, str], str],
+            grace_s: float) -> dict[str, Any]:
+    """Event recall, precision and delay of these episodes (each from its ``start``) against the faults."""
+    grace = int(grace_s * 1e9)
 
     def relevant(f: FaultInterval, e: EpisodeRecord) -> bool:
         if e.site != f.site:
@@ -173,7 +196,7 @@ def evaluate(frames: dict[tuple[str, str], pd.DataFrame], truth: list[FaultInter
             delays.append((min(hits) - f.start) / 1e9)
     true_eps = [e for e in episodes if any(relevant(f, e) and f.start <= e.start <= f.end + grace for f in truth)]
     false_eps = [e for e in episodes if e not in true_eps]
-    out: dict[str, Any] = {
+    return {
         "faults": len(faults), "faults_found": found,
         "event_recall": round(found / len(faults), 4) if faults else None,
         "episodes": len(episodes), "false_alarms": len(false_eps),
@@ -183,8 +206,6 @@ def evaluate(frames: dict[tuple[str, str], pd.DataFrame], truth: list[FaultInter
         "found_by_kind": {k: f"{v[0]}/{v[1]}" for k, v in sorted(per_kind.items())},
         "false_alarm_rules": _count(e.rule.split(":")[0] for e in false_eps),
     }
-    out.update(_limits_and_early(frames, episodes, catalog))
-    return out
 
 
 def _count(items: Any) -> dict[str, int]:

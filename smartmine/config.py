@@ -199,6 +199,9 @@ class AnalyticsSettings(BaseModel):
     pca_refit_s: float = Field(default=300.0, gt=0, description="How often the PCA model is refitted")
     clear_after_s: float = Field(default=30.0, ge=0,
                                  description="A statistical anomaly clears after this long without a flag")
+    confirm_s: float = Field(default=60.0, ge=0,
+                             description="A level statistic's anomaly (mad, ewma, cusum, seasonal, pca) is info "
+                                         "(shown, not paged) until it has lasted this long; then its severity")
     limit_alarm_severity: Literal["info", "warning", "critical", "emergency"] = "critical"
     limit_power_off_severity: Literal["info", "warning", "critical", "emergency"] = "emergency"
     statistical_severity: Literal["info", "warning", "critical", "emergency"] = "warning"

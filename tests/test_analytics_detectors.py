@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 from analytics.detector import Detector, SensorContext
 from analytics.early import EarlyWarning
-from analytics.engine import EquipmentScorer, combine
-from analytics.episodes import EpisodeTracker, batch_transitions
+from analytics.engine import STATE_DRIVEN, EquipmentScorer, combine
+from analytics.episodes import EpisodeTracker, Transition, batch_transitions
 from analytics.health import CounterDecrease, Dropout, Flatline, PhysicalRange
 from analytics.limits import LimitRule
 from analytics.multivariate import PcaMonitor, RedundantDrift
+from analytics.scenario import episodes_of
 from analytics.seasonal import SeasonalBaseline
 from analytics.statistical import Cusum, EwmaChart, RobustZ
 from smartmine.catalog import Limit, ResolvedEquipment, load_catalog
@@ -408,3 +409,88 @@ def test_a_pump_starting_and_stopping_is_not_an_anomaly_but_a_fault_while_runnin
     whole = EquipmentScorer(pump, cfg).running
     assert whole is not None
     assert np.array_equal(np.concatenate(gate), whole.settled(ts, values[:, cols.index("motor_current_a")]))
+
+
+def _frame(ts: np.ndarray, **columns: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"time": pd.to_datetime(ts, utc=True), **columns})
+
+
+def _live(scorer: EquipmentScorer, frame: pd.DataFrame) -> list[Transition]:
+    cols = [c for c in frame.columns if c != "time"]
+    ts = _ns_of(frame)
+    values = frame[cols].to_numpy(dtype=np.float64)
+    return [t for i in range(len(frame)) for t in scorer.step(int(ts[i]), dict(zip(cols, values[i].tolist(),
+                                                                                        strict=True)))]
+
+
+def test_a_level_statistic_pages_only_once_its_anomaly_has_lasted() -> None:
+    """A few seconds off the level (a start transient, a glitch) stay info; a step that lasts becomes a
+    warning confirm_s after it began. Both forms agree, and the scenario score counts only the alarm."""
+    rng = np.random.default_rng(41)
+    n = 1500
+    x = 0.4 + 0.01 * rng.standard_normal(n)
+    x[700:703] += 0.15  # three seconds off: a transient
+    x[1000:] += 0.3  # a step that lasts
+    frame = _frame(T0 + np.arange(n, dtype=np.int64) * 1_000_000_000, ch4_pct=x)
+    cfg = AnalyticsSettings(window_s=300, hop_s=30, confirm_s=60)
+    batch = EquipmentScorer(GAS, cfg).run(frame)
+    key = lambda t: (t.ts, t.kind, t.episode.rule, t.episode.severity, t.message)  # noqa: E731
+    assert sorted(map(key, _live(EquipmentScorer(GAS, cfg), frame))) == sorted(map(key, batch))
+
+    mad = [(t.kind, t.episode.severity, (t.ts - T0) // 1_000_000_000) for t in batch
+           if t.episode.rule == "mad:ch4_pct"]
+    assert mad[:2] == [("firing", "info", 700), ("cleared", "info", 732)], "the transient pages nobody"
+    assert mad[2:4] == [("firing", "info", 1000), ("escalated", "warning", 1060)], "the step does, after 60 s"
+    records = {(e.rule, (e.start - T0) // 1_000_000_000): e for e in episodes_of(batch)}
+    assert records[("mad:ch4_pct", 700)].alarm is None
+    assert records[("mad:ch4_pct", 1000)].alarm == T0 + 1060 * 1_000_000_000
+
+    instant = AnalyticsSettings(window_s=300, hop_s=30, confirm_s=0)
+    first = next(t for t in EquipmentScorer(GAS, instant).run(frame) if t.episode.rule == "mad:ch4_pct")
+    assert first.episode.severity == "warning", "confirm_s = 0: the first flag pages"
+
+
+def _bof_heats() -> pd.DataFrame:
+    """Six heats of a BOF converter (40 min tap to tap, a 16 min blow). The blowing pattern sets a
+    different oxygen flow and lance height for every heat; off-gas CO follows the blow with a 30 s lag.
+    In the fifth heat, 8 min into the blow, the off-gas CO falls by 15 % vol and stays down."""
+    rng = np.random.default_rng(53)
+    n = 6 * 2400
+    t = np.arange(n)
+    heat, phase = t // 2400, t % 2400
+    blowing = phase < 960
+    oxygen_set = rng.uniform(44000, 56000, 6)[heat]
+    lance_set = rng.uniform(1.4, 1.8, 6)[heat]
+    oxygen = np.where(blowing, oxygen_set + 400 * rng.standard_normal(n), 300.0 + 20 * rng.random(n))
+    lance = np.where(blowing, lance_set, 3.8) + 0.01 * rng.standard_normal(n)
+    target = np.where(blowing, 68.0 + rng.uniform(-1.0, 1.0, 6)[heat], 1.5)
+    co = np.empty(n)
+    level = 1.5
+    for i in range(n):  # first-order lag, tau 30 s
+        level += (target[i] - level) / 30.0
+        co[i] = level
+    co = np.abs(co + 0.8 * rng.standard_normal(n))
+    fault = (heat == 4) & (phase >= 480) & blowing
+    co[fault] -= 15.0
+    return _frame(T0 + t.astype(np.int64) * 1_000_000_000, oxygen_flow_nm3_h=oxygen, lance_height_m=lance,
+                  offgas_co_pct=co)
+
+
+def test_bof_heats_are_not_anomalies_but_a_fault_during_a_blow_is() -> None:
+    bof = CATALOG.equipment("jinggang_steel", "bof_1")
+    assert bof is not None and bof.type_spec.running is not None, "the catalog says when a BOF blows"
+    assert bof.sensors["oxygen_flow_nm3_h"].spec.set_by and bof.sensors["lance_height_m"].spec.set_by
+    frame = _bof_heats()
+    cfg = AnalyticsSettings()
+    scorer = EquipmentScorer(bof, cfg)
+    assert {d.name for d in scorer.detectors["oxygen_flow_nm3_h"]}.isdisjoint(STATE_DRIVEN), \
+        "a set point's level is not scored against its past"
+    batch = scorer.run(frame)
+    alarms = [e for e in episodes_of(batch) if e.alarm is not None]
+    fault_start = T0 + (4 * 2400 + 480) * 1_000_000_000
+    assert alarms, "the off-gas CO drop during the blow is found"
+    assert {e.rule for e in alarms} <= {"mad:offgas_co_pct", "ewma:offgas_co_pct"}
+    assert all(fault_start <= e.alarm <= fault_start + 120 * 1_000_000_000 for e in alarms if e.alarm), \
+        "no alarm at a heat's start or end, nor from one heat's set points to the next"
+    key = lambda t: (t.ts, t.kind, t.episode.rule, t.episode.severity, t.message)  # noqa: E731
+    assert sorted(map(key, _live(EquipmentScorer(bof, cfg), frame))) == sorted(map(key, batch))

@@ -88,6 +88,10 @@ class SensorType(_Strict):
     normal: tuple[float, float]
     physical: tuple[float, float]
     limits: tuple[Limit, ...] = ()
+    # A manipulated variable: who sets it (the blowing pattern, the rolling schedule). It moves because
+    # someone moved it, so analytics does not score its level against its past (limits and sensor health
+    # still watch it). None: a measured process value.
+    set_by: str | None = None
     description: str | None = None
 
     @model_validator(mode="after")
