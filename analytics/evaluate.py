@@ -251,7 +251,7 @@ def evaluate_nab(root: Path, progress: Any = None) -> tuple[dict[str, Any], list
         ts = time_ns(times)
         r = score_series(key, ts, scored["is_anomaly"].to_numpy() > 0, [(_ns(a), _ns(b)) for a, b in wins])
         results.append(r)
-        per_file.append({"series": key, **summarise([r])})
+        per_file.append({**summarise([r]), "series": key})
         if progress is not None:
             progress(i + 1, len(windows), key)
     return summarise(results), per_file

@@ -23,8 +23,12 @@ import numpy as np
 import pandas as pd
 
 from analytics.detector import Detector, SensorContext
+from analytics.seasonal import SeasonalBaseline
 from analytics.statistical import Cusum, EwmaChart, RobustZ
+from smartmine.config import AnalyticsSettings
 from smartmine.errors import UsageError
+
+_PLANT = AnalyticsSettings.model_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,12 @@ class FileScoring:
     cusum_allowance: float = 0.5
     hold: int = 30
     pca: bool = True
+    # The plant's time-of-day baseline with the plant's settings (a day in hourly slots, three days'
+    # memory, 5 sigma): plants run shifts and follow the day. Used when the time column holds times.
+    seasonal: bool = True
+    seasonal_slot_s: int = _PLANT["seasonal_slot_s"].default
+    seasonal_days: float = _PLANT["seasonal_days"].default
+    seasonal_threshold: float = _PLANT["seasonal_threshold"].default
 
 
 FILE_DEFAULTS = FileScoring()
@@ -94,16 +104,36 @@ def read_signals(path: Path, time_col: str, exclude: Sequence[str] = ()) -> tupl
 def time_ns(times: pd.Series) -> np.ndarray:
     """Row times in ns; a column that is not times (a row number...) counts as one row per second,
     since only the order matters to the detectors."""
-    parsed = pd.to_datetime(times, errors="coerce", utc=True, format="mixed")
-    if len(parsed) and parsed.notna().all():
+    parsed = _parse_times(times)
+    if parsed is not None:
         return pd.DatetimeIndex(parsed).as_unit("ns").asi8
     return np.arange(len(times), dtype=np.int64) * 1_000_000_000
 
 
-def file_detectors(columns: Sequence[str], cfg: FileScoring = FILE_DEFAULTS) -> dict[str, list[Detector]]:
+def _parse_times(times: pd.Series) -> pd.Series | None:
+    if pd.api.types.is_numeric_dtype(times):
+        return None  # row numbers or counters, not times
+    parsed = pd.to_datetime(times, errors="coerce", utc=True, format="mixed")
+    return parsed if len(parsed) and parsed.notna().all() else None
+
+
+def sample_period_s(times: pd.Series) -> float | None:
+    """The typical spacing of the rows in seconds, when the time column holds times (else None)."""
+    parsed = _parse_times(times)
+    if parsed is None or len(parsed) < 2:
+        return None
+    step = float(np.median(np.diff(pd.DatetimeIndex(parsed).as_unit("ns").asi8))) / 1e9
+    return step if step > 0 else None
+
+
+def file_detectors(columns: Sequence[str], cfg: FileScoring = FILE_DEFAULTS,
+                   period_s: float | None = None) -> dict[str, list[Detector]]:
+    """Each column's detectors; with ``period_s`` (the rows are times that far apart) also the
+    time-of-day baseline, which needs real times and at least a slot per row."""
+    daily = cfg.seasonal and period_s is not None and period_s <= cfg.seasonal_slot_s
     out: dict[str, list[Detector]] = {}
     for col in columns:
-        ctx = SensorContext(sensor=_sensor_id(col), sensor_name=col)
+        ctx = SensorContext(sensor=_sensor_id(col), sensor_name=col, sample_period_s=period_s or 1.0)
         out[col] = [
             RobustZ(ctx, window=cfg.window, hop=cfg.hop, threshold=cfg.mad_threshold, novelty=cfg.novelty,
                     novelty_margin=cfg.novelty_margin),
@@ -112,6 +142,11 @@ def file_detectors(columns: Sequence[str], cfg: FileScoring = FILE_DEFAULTS) -> 
             Cusum(ctx, window=cfg.window, hop=cfg.hop, threshold=cfg.cusum_threshold, memory=cfg.cusum_memory,
                   allowance=cfg.cusum_allowance, novelty=cfg.novelty, novelty_margin=cfg.novelty_margin),
         ]
+        if daily:
+            # Local time as written in the file: no offset.
+            out[col].append(SeasonalBaseline(ctx, slot_s=cfg.seasonal_slot_s, utc_offset_s=0, days=cfg.seasonal_days,
+                                             threshold=cfg.seasonal_threshold, novelty=cfg.novelty,
+                                             novelty_margin=cfg.novelty_margin))
     return out
 
 
@@ -125,7 +160,7 @@ def score_frame(times: pd.Series, signals: pd.DataFrame, cfg: FileScoring = FILE
     n = len(signals)
     best = np.zeros(n)
     best_name = np.full(n, "", dtype=object)
-    for col, dets in file_detectors(list(signals.columns), cfg).items():
+    for col, dets in file_detectors(list(signals.columns), cfg, sample_period_s(times)).items():
         x = signals[col].to_numpy(dtype=np.float64)
         for d in dets:
             v = d.run(ts, x)

@@ -244,3 +244,32 @@ def test_stream_job_raises_and_clears_silence_of_an_equipment(settings: Settings
     from analytics.store import anomaly_event
 
     assert anomaly_event(fired[0]).sensor is None and anomaly_event(cleared[0]).state == "cleared"
+
+
+def test_score_file_knows_the_time_of_day_and_evaluate_reads_a_nab_folder(tmp_path: Path) -> None:
+    """A plant that runs by day and idles by night. On the fifth evening it does not idle: 15 at 21:00
+    is not the usual 10, which the time-of-day baseline of score-file sees (and nothing else of the day
+    and night rhythm). The text report of ``evaluate --nab`` names the series and what was found."""
+    from analytics.scorefile import FILE_DEFAULTS, file_detectors, sample_period_s, time_ns
+
+    rng = np.random.default_rng(8)
+    times = pd.date_range("2026-11-01", periods=6 * 288, freq="5min")
+    hour = times.hour.to_numpy()
+    fault = (times >= pd.Timestamp("2026-11-05 20:00")) & (times < pd.Timestamp("2026-11-06 00:00"))
+    value = np.where(((hour >= 8) & (hour < 20)) | fault, 15.0, 10.0) + 0.2 * rng.standard_normal(len(times))
+    written = pd.Series(times.strftime("%Y-%m-%d %H:%M:%S"))
+    assert sample_period_s(written) == 300.0 and sample_period_s(pd.Series(range(10))) is None
+    daily = [d for d in file_detectors(["value"], FILE_DEFAULTS, 300.0)["value"] if d.name == "seasonal"]
+    assert len(daily) == 1 and not any(d.name == "seasonal" for d in file_detectors(["value"])["value"])
+    seasonal = daily[0].run(time_ns(written), value).level > 0
+    assert seasonal[fault].any() and not seasonal[~fault].any()
+
+    (tmp_path / "data" / "plant").mkdir(parents=True)
+    pd.DataFrame({"timestamp": written, "value": value}).to_csv(tmp_path / "data" / "plant" / "day_shift.csv",
+                                                                index=False)
+    (tmp_path / "combined_windows.json").write_text(json.dumps(
+        {"plant/day_shift.csv": [["2026-11-05 19:30:00.000000", "2026-11-06 00:30:00.000000"]]}))
+    cli = [sys.executable, "-m", "smartmine.cli", "analyze"]
+    proc = subprocess.run([*cli, "evaluate", "--nab", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "plant/day_shift.csv" in proc.stdout and "found  1" in proc.stdout
