@@ -7,7 +7,8 @@ detectors are plugins). Per sensor, from its catalog entry:
 - gauges -> robust median/MAD, EWMA chart, the shift/daily seasonal baseline, stuck detection, and the
   CUSUM when ``cusum_enabled`` (off by default: see the setting); a set point (catalog ``set_by``: the
   oxygen flow of a blow, a mill's speed) gets no level statistics, only stuck detection
-- counters -> counter-decrease; every sensor -> dropout, and out-of-physical-range when it has one
+- counters -> counter-decrease; every sensor -> dropout, thinning data (missing readings), and
+  out-of-physical-range when it has one
 - state sensors (on/off) -> only their limits
 - per equipment: PCA T²/Q over its gauges, and drift against each ``redundant_with`` neighbour
   (the neighbour's readings are fed in by :class:`PlantScorer`)
@@ -27,7 +28,7 @@ import pandas as pd
 from analytics.detector import Detector, FloatArray, SensorContext, level_of, severity_of
 from analytics.early import EarlyWarning
 from analytics.episodes import EpisodeTracker, Transition, batch_transitions
-from analytics.health import CounterDecrease, Dropout, Flatline, PhysicalRange
+from analytics.health import CounterDecrease, Dropout, Flatline, MissingReadings, PhysicalRange
 from analytics.limits import LimitRule
 from analytics.multivariate import PcaMonitor, RedundantDrift
 from analytics.seasonal import SeasonalBaseline
@@ -74,6 +75,8 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
     elif ctx.kind == "counter":
         dets.append(CounterDecrease(ctx, severity=stat_sev))
     dets.append(Dropout(ctx, factor=cfg.dropout_factor, severity=stat_sev))
+    dets.append(MissingReadings(ctx, window_s=cfg.missing_window_s, share=cfg.missing_share,
+                                max_gap_s=cfg.dropout_factor * period, severity=stat_sev))
     if ctx.physical is not None:
         dets.append(PhysicalRange(ctx, severity=stat_sev))
     for d in dets:

@@ -1,4 +1,5 @@
-"""Sensor health: is the instrument telling the truth? Stuck, dropout, out of range, counter going back.
+"""Sensor health: is the instrument telling the truth? Stuck, dropout, thinning data, out of range,
+counter going back.
 
 A sensor fault is not a process fault, and ops treat it differently (send an instrument technician,
 not stop the face). These detectors say so in their message. Drift against a redundant neighbour
@@ -8,6 +9,7 @@ needs two series and lives in :mod:`analytics.multivariate`.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 
 import numpy as np
@@ -102,6 +104,71 @@ class Dropout(Detector):
     def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
         return (f"No data from {self.ctx.where} for {about(ev['gap_s'])} before this sample "
                 f"(expected every {self.ctx.sample_period_s:g} s)")
+
+
+class MissingReadings(Detector):
+    """Thinning data: more than ``share`` of the readings expected in the last ``window_s`` did not
+    arrive, while data keeps coming (a weak radio link underground, an overloaded gateway). No single
+    gap is long enough for :class:`Dropout`, yet half the readings may be lost. A silence longer than
+    ``max_gap_s`` is Dropout's to report; after one, this detector watches a full window again before it
+    judges, so a gap is not reported twice.
+    """
+
+    name = "missing"
+
+    def __init__(self, ctx: SensorContext, *, window_s: float = 600.0, share: float = 0.2,
+                 max_gap_s: float = 10.0, severity: str = "warning") -> None:
+        super().__init__(ctx)
+        self.rule = f"health:missing:{self.ctx.sensor}"
+        self.window_s = window_s
+        self.window_ns = round(window_s * 1e9)
+        self.max_gap_ns = max_gap_s * 1e9
+        self.expected = window_s / self.ctx.sample_period_s
+        self.share = share
+        self._level = level_of(severity)
+        self.times: deque[int] = deque()
+        self.since = 0  # the first reading after the start or after a long silence
+        self.prev: int | None = None
+        self.missing = 0.0
+
+    def _step(self, ts: int, x: float) -> tuple[float, int]:
+        if self.prev is None or ts - self.prev > self.max_gap_ns:
+            self.since = ts
+            self.times.clear()
+        self.prev = ts
+        self.times.append(ts)
+        while self.times[0] <= ts - self.window_ns:
+            self.times.popleft()
+        if ts - self.since < self.window_ns:
+            self.missing = 0.0
+            return 0.0, 0
+        self.missing = max(0.0, 1.0 - len(self.times) / self.expected)
+        return ratio_score(self.missing, self.share), (self._level if self.missing > self.share else 0)
+
+    def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        n = len(ts)
+        idx = np.arange(n)
+        gap = np.zeros(n)
+        gap[1:] = ts[1:] - ts[:-1]
+        restart = (idx == 0) | (gap > self.max_gap_ns)
+        since = np.maximum.accumulate(np.where(restart, idx, 0)) if n else idx
+        first = np.maximum(np.searchsorted(ts, ts - self.window_ns, side="right"), since)
+        received = (idx - first + 1).astype(np.float64)
+        ready = (ts - ts[since]) >= self.window_ns if n else np.zeros(0, dtype=bool)
+        missing = np.where(ready, np.maximum(0.0, 1.0 - received / self.expected), 0.0)
+        level = np.where(missing > self.share, self._level, 0).astype(np.int8)
+        return Verdicts(ratio_scores(missing, self.share), level, {"missing_share": missing})
+
+    def evidence(self) -> dict[str, float]:
+        return {"missing_share": self.missing}
+
+    def threshold_of(self, ev: Mapping[str, float], level: int) -> float:
+        return self.share
+
+    def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
+        return (f"{self.ctx.where}: {ev['missing_share']:.0%} of the readings expected in the last "
+                f"{about(self.window_s)} did not arrive (expected every {self.ctx.sample_period_s:g} s): "
+                "radio link or gateway?")
 
 
 class PhysicalRange(Detector):

@@ -191,6 +191,10 @@ class AnalyticsSettings(BaseModel):
     silence_after_s: float = Field(default=60.0, ge=0, description="Streaming: an equipment that published "
                                    "and then sends nothing for this long raises health:silent (0: off)")
     dropout_factor: float = Field(default=10.0, gt=1, description="Gap of this many sample periods: dropout")
+    missing_window_s: float = Field(default=600.0, gt=0, description="Window over which missing readings "
+                                    "are counted (thinning data)")
+    missing_share: float = Field(default=0.2, gt=0, lt=1, description="Share of the expected readings missing "
+                                 "in that window that flags thinning data")
     drift_threshold: float = Field(default=0.1, gt=0,
                                    description="Redundant pair: median difference as a share of the normal range")
     pca_enabled: bool = Field(default=False, description="PCA T²/Q over each equipment's gauges (off: on the "

@@ -16,7 +16,7 @@ from analytics.detector import Detector, SensorContext
 from analytics.early import EarlyWarning
 from analytics.engine import STATE_DRIVEN, EquipmentScorer, combine
 from analytics.episodes import EpisodeTracker, Transition, batch_transitions
-from analytics.health import CounterDecrease, Dropout, Flatline, PhysicalRange
+from analytics.health import CounterDecrease, Dropout, Flatline, MissingReadings, PhysicalRange
 from analytics.limits import LimitRule
 from analytics.multivariate import PcaMonitor, RedundantDrift
 from analytics.scenario import episodes_of
@@ -57,6 +57,8 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
                                          threshold=3.0, novelty=20),
     "stuck": lambda: Flatline(CH4, samples=5),
     "dropout": lambda: Dropout(CH4, factor=3.0),
+    "missing": lambda: MissingReadings(CH4, window_s=30, share=0.2, max_gap_s=8),
+    "missing_restart": lambda: MissingReadings(CH4, window_s=20, share=0.1, max_gap_s=4),
     "range": lambda: PhysicalRange(CH4),
     "counter": lambda: CounterDecrease(SensorContext.from_catalog(ENERGY, "energy_kwh")),
     "drift": lambda: RedundantDrift(CH4, "gas_return_1203", window=30, hop=5),
@@ -239,6 +241,25 @@ def test_sensor_health_names_the_fault() -> None:
     meter = SensorContext.from_catalog(ENERGY, "energy_kwh")
     resets = CounterDecrease(meter).detect(pd.Series([100.0, 101.0, 5.0, 6.0], index=ts[:4]))
     assert len(resets) == 1 and "meter was reset" in resets[0].message
+
+
+def test_thinning_data_is_found_and_a_silence_is_not_reported_twice() -> None:
+    """Half the readings lost for 20 min (a weak radio link): flagged once 10 min of it are seen. A
+    5 min silence is the dropout's to report; the thinning detector stays quiet after it."""
+    rng = np.random.default_rng(17)
+    t = np.arange(3600)
+    thinned = (t >= 1200) & (t < 2400)
+    silent = (t >= 2900) & (t < 3200)
+    keep = ~silent & ~(thinned & (rng.random(3600) < 0.5))
+    ts = T0 + t[keep].astype(np.int64) * 1_000_000_000
+    x = 0.4 + 0.01 * rng.standard_normal(len(ts))
+    v = MissingReadings(CH4, window_s=600, share=0.2, max_gap_s=10).run(ts, x)
+    secs = t[keep]
+    flagged = secs[v.level > 0]
+    assert flagged.size and flagged.min() < 1200 + 600 and flagged.max() < 2400 + 600, "the thinning, only"
+    assert Dropout(CH4, factor=10).run(ts, x).level[secs == 3200].all(), "the silence is a dropout"
+    msg = MissingReadings(CH4, window_s=600).detect(pd.Series(x, index=ts))[0].message
+    assert "did not arrive" in msg and "expected every 1 s" in msg
 
 
 def test_drift_against_a_redundant_neighbour() -> None:
