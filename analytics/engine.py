@@ -4,7 +4,7 @@ This is the only place that decides the detector set (Telegraf's agent: the loop
 detectors are plugins). Per sensor, from its catalog entry:
 
 - every catalog limit -> a :class:`LimitRule` and an :class:`EarlyWarning` (gauges)
-- gauges -> robust median/MAD, EWMA chart, the shift/daily seasonal baseline, stuck detection, and the
+- gauges -> robust median/MAD, EWMA chart, the shift/daily seasonal baseline, stuck and spike detection, and the
   CUSUM when ``cusum_enabled`` (off by default: see the setting); a set point (catalog ``set_by``: the
   oxygen flow of a blow, a mill's speed) gets no level statistics, only stuck detection
 - counters -> counter-decrease; every sensor -> dropout, thinning data (missing readings), and
@@ -28,7 +28,7 @@ import pandas as pd
 from analytics.detector import Detector, FloatArray, SensorContext, level_of, severity_of
 from analytics.early import EarlyWarning
 from analytics.episodes import EpisodeTracker, Transition, batch_transitions
-from analytics.health import CounterDecrease, Dropout, Flatline, MissingReadings, PhysicalRange
+from analytics.health import CounterDecrease, Dropout, Flatline, MissingReadings, PhysicalRange, Spike
 from analytics.limits import LimitRule
 from analytics.multivariate import PcaMonitor, RedundantDrift
 from analytics.seasonal import SeasonalBaseline
@@ -72,6 +72,8 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
                                   memory=samples(cfg.cusum_memory_s, period, 2), severity=stat_sev,
                                   novelty=novelty))
         dets.append(Flatline(ctx, samples=samples(cfg.stuck_after_s, period, 3), severity=stat_sev))
+        if ctx.span() > 0:
+            dets.append(Spike(ctx, jump=cfg.spike_jump, severity=stat_sev))
     elif ctx.kind == "counter":
         dets.append(CounterDecrease(ctx, severity=stat_sev))
     dets.append(Dropout(ctx, factor=cfg.dropout_factor, severity=stat_sev))
@@ -82,7 +84,7 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
     for d in dets:
         if not isinstance(d, LimitRule):  # a limit's hysteresis is its hold
             d.hold_s = cfg.clear_after_s
-        if d.name in STATE_DRIVEN:
+        if d.name in STATE_DRIVEN or d.name == "spike":  # a lone spike is shown; a spiking sensor pages
             d.confirm_s = cfg.confirm_s
     return dets
 

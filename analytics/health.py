@@ -1,5 +1,5 @@
-"""Sensor health: is the instrument telling the truth? Stuck, dropout, thinning data, out of range,
-counter going back.
+"""Sensor health: is the instrument telling the truth? Stuck, spikes, dropout, thinning data, out of
+range, counter going back.
 
 A sensor fault is not a process fault, and ops treat it differently (send an instrument technician,
 not stop the face). These detectors say so in their message. Drift against a redundant neighbour
@@ -65,6 +65,61 @@ class Flatline(Detector):
     def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
         dur = ev["run_samples"] * self.ctx.sample_period_s
         return f"{self.ctx.where} has read exactly {self.ctx.fmt(x)} for {about(dur)}: sensor stuck?"
+
+
+class Spike(Detector):
+    """A spike: one reading far off both its neighbours, out and straight back (electrical noise, a loose
+    contact). A process has inertia: a motor current, a gas concentration or a force cannot move by
+    ``jump`` of its normal range and return within one sample period, while a start, a step or a bar
+    entering a stand moves and stays. Known only when the next reading is back, so the flag is on that
+    reading (one sample late) and the spike's value is in the evidence.
+    """
+
+    name = "spike"
+
+    def __init__(self, ctx: SensorContext, *, jump: float = 0.5, severity: str = "warning") -> None:
+        super().__init__(ctx)
+        if self.ctx.span() <= 0:
+            raise ValueError(f"{self.ctx.sensor}: no normal range in the catalog to size a spike by")
+        self.rule = f"health:spike:{self.ctx.sensor}"
+        self.min_jump = jump * self.ctx.span()
+        self._level = level_of(severity)
+        self.before = math.nan  # the two readings before this one
+        self.last = math.nan
+        self.ev = (0.0, math.nan)  # (size of the smaller of the two jumps, the spike's value)
+
+    def _step(self, ts: int, x: float) -> tuple[float, int]:
+        up = self.last - self.before
+        back = self.last - x
+        size = min(abs(up), abs(back)) if up * back > 0 else 0.0  # NaN before two readings: 0
+        self.ev = (size, self.last)
+        self.before, self.last = self.last, x
+        return ratio_score(size, self.min_jump), (self._level if size > self.min_jump else 0)
+
+    def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        n = len(x)
+        size = np.zeros(n)
+        value = np.full(n, np.nan)
+        if n > 2:
+            up = x[1:-1] - x[:-2]
+            back = x[1:-1] - x[2:]
+            size[2:] = np.where(up * back > 0, np.minimum(np.abs(up), np.abs(back)), 0.0)
+            value[2:] = x[1:-1]
+        if n > 1:
+            value[1] = x[0]
+        level = np.where(size > self.min_jump, self._level, 0).astype(np.int8)
+        return Verdicts(ratio_scores(size, self.min_jump), level, {"jump": size, "spike": value})
+
+    def evidence(self) -> dict[str, float]:
+        return {"jump": self.ev[0], "spike": self.ev[1]}
+
+    def threshold_of(self, ev: Mapping[str, float], level: int) -> float:
+        return self.min_jump
+
+    def explain(self, x: float, ev: Mapping[str, float], level: int) -> str:
+        fmt = self.ctx.fmt
+        return (f"{self.ctx.where} read {fmt(ev['spike'])} for one sample and is back at {fmt(x)}: "
+                "a spike (electrical noise, loose contact?)")
 
 
 class Dropout(Detector):

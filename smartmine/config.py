@@ -188,6 +188,8 @@ class AnalyticsSettings(BaseModel):
     early_horizon_s: float = Field(default=1800.0, gt=0, description="Warn when a limit is this close in time")
     early_min_t: float = Field(default=10.0, gt=0, description="Slope must exceed this many standard errors")
     stuck_after_s: float = Field(default=600.0, gt=0, description="Identical readings for this long: stuck")
+    spike_jump: float = Field(default=0.5, gt=0, description="A reading this share of the normal range off both "
+                              "its neighbours, out and straight back, is a spike")
     silence_after_s: float = Field(default=60.0, ge=0, description="Streaming: an equipment that published "
                                    "and then sends nothing for this long raises health:silent (0: off)")
     dropout_factor: float = Field(default=10.0, gt=1, description="Gap of this many sample periods: dropout")

@@ -16,7 +16,7 @@ from analytics.detector import Detector, SensorContext
 from analytics.early import EarlyWarning
 from analytics.engine import STATE_DRIVEN, EquipmentScorer, combine
 from analytics.episodes import EpisodeTracker, Transition, batch_transitions
-from analytics.health import CounterDecrease, Dropout, Flatline, MissingReadings, PhysicalRange
+from analytics.health import CounterDecrease, Dropout, Flatline, MissingReadings, PhysicalRange, Spike
 from analytics.limits import LimitRule
 from analytics.multivariate import PcaMonitor, RedundantDrift
 from analytics.scenario import episodes_of
@@ -57,6 +57,7 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
                                          threshold=3.0, novelty=20),
     "stuck": lambda: Flatline(CH4, samples=5),
     "dropout": lambda: Dropout(CH4, factor=3.0),
+    "spike": lambda: Spike(CH4, jump=0.5),
     "missing": lambda: MissingReadings(CH4, window_s=30, share=0.2, max_gap_s=8),
     "missing_restart": lambda: MissingReadings(CH4, window_s=20, share=0.1, max_gap_s=4),
     "range": lambda: PhysicalRange(CH4),
@@ -241,6 +242,18 @@ def test_sensor_health_names_the_fault() -> None:
     meter = SensorContext.from_catalog(ENERGY, "energy_kwh")
     resets = CounterDecrease(meter).detect(pd.Series([100.0, 101.0, 5.0, 6.0], index=ts[:4]))
     assert len(resets) == 1 and "meter was reset" in resets[0].message
+
+
+def test_a_spike_is_out_and_straight_back_while_a_start_or_a_step_stays() -> None:
+    """A stopped pump's current reads 245 A for one sample (a loose contact): a spike, even while the
+    pump stands. Its start (3 -> 96 A, and it stays) and a one-sample dip of a few amps are not."""
+    pump = equipment("pump_1")
+    ctx = SensorContext.from_catalog(pump, "motor_current_a")  # normal 0-120 A
+    x = np.array([3.0, 3.2, 245.0, 3.1, 3.0, 96.0, 96.5, 95.9, 90.0, 96.2, 96.0])
+    ts = T0 + np.arange(len(x), dtype=np.int64) * 1_000_000_000
+    found = Spike(ctx, jump=0.5).detect(pd.Series(x, index=ts))
+    assert [a.ts for a in found] == [ts[3]], "flagged when it is back, once"
+    assert found[0].values["spike"] == 245.0 and "read 245 A for one sample" in found[0].message
 
 
 def test_thinning_data_is_found_and_a_silence_is_not_reported_twice() -> None:
