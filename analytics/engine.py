@@ -42,15 +42,17 @@ def samples(seconds: float, period_s: float, minimum: int = 2) -> int:
     return max(round(seconds / period_s), minimum)
 
 
-def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: int = 8 * 3600) -> list[Detector]:
+def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: int = 8 * 3600,
+                     reference_s: float | None = None) -> list[Detector]:
     """The detectors of one sensor, configured from its catalog entry and the settings; ``utc_offset_s``
-    is the site's local time offset (its shifts are in local time)."""
+    is the site's local time offset (its shifts are in local time); ``reference_s`` the span of the level
+    statistics' reference when the equipment's ``running`` state says (several heats of a converter)."""
     period = ctx.sample_period_s
     dets: list[Detector] = [LimitRule(ctx, lim, alarm_severity=cfg.limit_alarm_severity,
                                       power_off_severity=cfg.limit_power_off_severity) for lim in ctx.limits]
     stat_sev = cfg.statistical_severity
     if ctx.kind == "gauge":
-        window = samples(cfg.window_s, period, 8)
+        window = samples(reference_s or cfg.window_s, period, 8)
         hop = samples(cfg.hop_s, period, 1)
         early_window = samples(cfg.early_window_s, period, 8)
         early_hop = samples(cfg.early_hop_s, period, 1)
@@ -150,12 +152,13 @@ class EquipmentScorer:
         self.eq = eq
         self.cfg = cfg
         self.contexts = {sid: SensorContext.from_catalog(eq, sid, language) for sid in eq.sensors}
-        self.detectors: dict[str, list[Detector]] = {
-            sid: sensor_detectors(ctx, cfg, utc_offset_s) for sid, ctx in self.contexts.items()}
-        self.tracker = EpisodeTracker()
-        self.samples = 0
         running = eq.type_spec.running
         self.running = RunningGate(running) if running is not None and running.sensor in eq.sensors else None
+        reference_s = running.reference_s if self.running is not None and running is not None else None
+        self.detectors: dict[str, list[Detector]] = {
+            sid: sensor_detectors(ctx, cfg, utc_offset_s, reference_s) for sid, ctx in self.contexts.items()}
+        self.tracker = EpisodeTracker()
+        self.samples = 0
         self.unknown_sensors: set[str] = set()
         self.pca = self._pca(language)
         # sensor -> drift detector against the first redundant neighbour that has the same sensor

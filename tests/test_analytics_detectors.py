@@ -485,27 +485,31 @@ def test_a_level_statistic_pages_only_once_its_anomaly_has_lasted() -> None:
 
 
 def _bof_heats() -> pd.DataFrame:
-    """Six heats of a BOF converter (40 min tap to tap, a 16 min blow). The blowing pattern sets a
-    different oxygen flow and lance height for every heat; off-gas CO follows the blow with a 30 s lag.
-    In the fifth heat, 8 min into the blow, the off-gas CO falls by 15 % vol and stays down."""
+    """Eight heats of a BOF converter (40 min tap to tap, a 16 min blow). The blowing pattern sets a
+    different oxygen flow and lance height for every heat; off-gas CO follows the blow with a 30 s lag
+    and differs from heat to heat by up to 7.5 % vol. In the seventh heat, 8 min into the blow, the off-gas CO
+    falls to about 20 % vol and stays there (the analyser's sample line draws in air)."""
     rng = np.random.default_rng(53)
-    n = 6 * 2400
+    heats = 8
+    n = heats * 2400
     t = np.arange(n)
     heat, phase = t // 2400, t % 2400
     blowing = phase < 960
-    oxygen_set = rng.uniform(44000, 56000, 6)[heat]
-    lance_set = rng.uniform(1.4, 1.8, 6)[heat]
+    oxygen_set = rng.uniform(44000, 56000, heats)[heat]
+    lance_set = rng.uniform(1.4, 1.8, heats)[heat]
     oxygen = np.where(blowing, oxygen_set + 400 * rng.standard_normal(n), 300.0 + 20 * rng.random(n))
     lance = np.where(blowing, lance_set, 3.8) + 0.01 * rng.standard_normal(n)
-    target = np.where(blowing, 68.0 + rng.uniform(-1.0, 1.0, 6)[heat], 1.5)
+    # each heat further from the last than any before it: the step a heat-to-heat comparison would flag
+    co_of_heat = np.array([68.0, 67.0, 69.5, 66.0, 71.0, 63.5, 69.0, 72.0])
+    target = np.where(blowing, co_of_heat[heat], 1.5)
     co = np.empty(n)
     level = 1.5
     for i in range(n):  # first-order lag, tau 30 s
         level += (target[i] - level) / 30.0
         co[i] = level
     co = np.abs(co + 0.8 * rng.standard_normal(n))
-    fault = (heat == 4) & (phase >= 480) & blowing
-    co[fault] -= 15.0
+    fault = (heat == 6) & (phase >= 480) & blowing
+    co[fault] -= 48.0
     return _frame(T0 + t.astype(np.int64) * 1_000_000_000, oxygen_flow_nm3_h=oxygen, lance_height_m=lance,
                   offgas_co_pct=co)
 
@@ -521,7 +525,7 @@ def test_bof_heats_are_not_anomalies_but_a_fault_during_a_blow_is() -> None:
         "a set point's level is not scored against its past"
     batch = scorer.run(frame)
     alarms = [e for e in episodes_of(batch) if e.alarm is not None]
-    fault_start = T0 + (4 * 2400 + 480) * 1_000_000_000
+    fault_start = T0 + (6 * 2400 + 480) * 1_000_000_000
     assert alarms, "the off-gas CO drop during the blow is found"
     assert {e.rule for e in alarms} <= {"mad:offgas_co_pct", "ewma:offgas_co_pct"}
     assert all(fault_start <= e.alarm <= fault_start + 120 * 1_000_000_000 for e in alarms if e.alarm), \

@@ -139,6 +139,10 @@ class RunningState(_Strict):
     sensor: str
     above: float
     settle_s: float = Field(default=60.0, ge=0)
+    # A batch machine (a converter's heats): how much running time the level statistics' reference spans.
+    # Several runs, so the run-to-run variation is in its spread and the next heat is compared with it,
+    # not with the last heat's few steady minutes. None: the analytics' window.
+    reference_s: float | None = Field(default=None, gt=0)
     source: str | None = None
 
 
