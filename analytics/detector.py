@@ -6,7 +6,11 @@ Every detector, whatever it looks at, speaks the same verbs (after river's ``lea
   ``update(ts_ns, value) -> Anomaly | None`` does the same and, when the sample is anomalous,
   returns the evidence (detector, score, threshold, the values, a one-line explanation);
 - batch: ``run(ts_ns, values) -> Verdicts`` scores a whole array at once (vectorised with numpy, no
-  Python loop per sample); ``detect(series) -> list[Anomaly]`` is its DataFrame-in, anomalies-out form.
+  Python loop per sample); ``detect(series) -> list[Anomaly]`` is its DataFrame-in, anomalies-out form;
+- micro-batch: ``resume(ts_ns, values) -> Verdicts`` is the streaming form over an array: it continues
+  from the detector's state and leaves the state where ``step`` on each sample would have, with the
+  same verdicts. The streaming job scores what arrived in the last fraction of a second this way
+  (vectorised in the detectors it spends its time in; a loop of ``step`` in the others).
 
 ``score`` is normalised to 0..1 with 0.5 at the detector's threshold, so scores of different
 detectors can be fused; ``level`` is 0 for a normal sample, otherwise the severity rank + 1.
@@ -58,11 +62,12 @@ def ratio_score(stat: float, threshold: float) -> float:
     return stat / (stat + threshold) if stat > 0 else 0.0
 
 
-def ratio_scores(stat: FloatArray, threshold: float) -> FloatArray:
-    """The vectorised :func:`ratio_score`; identical arithmetic, so identical results."""
+def ratio_scores(stat: FloatArray, threshold: float | FloatArray) -> FloatArray:
+    """The vectorised :func:`ratio_score` (``threshold`` one number or one per sample); identical
+    arithmetic, so identical results."""
     out = np.zeros(len(stat))
     pos = stat > 0
-    out[pos] = stat[pos] / (stat[pos] + threshold)
+    out[pos] = stat[pos] / (stat[pos] + (threshold[pos] if isinstance(threshold, np.ndarray) else threshold))
     return out
 
 
@@ -215,6 +220,36 @@ class Detector(ABC):
         if mask.all():
             return self._run(ts, x)
         return self._run(ts[mask], x[mask]).expand(mask)
+
+    def resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        """Streaming over arrays: the verdicts of ``step`` on each sample in order, from the current state,
+        which is then where those steps would leave it. Evidence columns are filled at least on the
+        flagged samples (what :func:`analytics.episodes.batch_transitions` reads)."""
+        ts = np.asarray(ts, dtype=np.int64)
+        x = np.asarray(x, dtype=np.float64)
+        mask = np.isfinite(x)
+        if mask.all():
+            return self._resume(ts, x) if len(x) else Verdicts.empty(0)
+        if not mask.any():
+            return Verdicts.empty(len(x))
+        return self._resume(ts[mask], x[mask]).expand(mask)
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        """:meth:`resume` on finite samples. This default steps through them one by one (exact by
+        definition); detectors that are worth it override it with numpy."""
+        n = len(x)
+        score = np.zeros(n)
+        level = np.zeros(n, dtype=np.int8)
+        ev: dict[str, FloatArray] = {}
+        for i, (t, v) in enumerate(zip(ts.tolist(), x.tolist(), strict=True)):
+            score[i], lv = self._step(t, v)
+            if lv:
+                level[i] = lv
+                for key, value in self.evidence().items():
+                    if key not in ev:
+                        ev[key] = np.full(n, np.nan)
+                    ev[key][i] = value
+        return Verdicts(score, level, ev)
 
     def detect(self, series: pd.Series) -> list[Anomaly]:
         """Batch form on a Series indexed by time: the anomalous samples with their evidence."""

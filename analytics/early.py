@@ -88,8 +88,13 @@ class EarlyWarning(Detector):
                     fit_idx: np.ndarray, ends: np.ndarray) -> tuple[FloatArray, FloatArray, FloatArray]:
         fits = line_from_sums(prefix[ends] - prefix[ends - window], window, u[ends - 1], float(x[0]))
         level, slope, se, t_end = broadcast((*fits, ts[ends - 1].astype(np.float64)), fit_idx)
+        return self._eta_all(level, slope, se, t_end, ts, x)
+
+    def _eta_all(self, level: FloatArray, slope: FloatArray, se: FloatArray, t_end: FloatArray, ts: np.ndarray,
+                 x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """:meth:`_eta` of every sample along its line (NaN level: no line yet): (eta, trend now, slope)."""
         s = self.sign
-        ok = fit_idx >= 0
+        ok = ~np.isnan(level)
         now = np.full(len(x), np.nan)
         now[ok] = level[ok] + slope[ok] * ((ts[ok] - t_end[ok]) / 1e9)
         rate = s * slope
@@ -97,6 +102,47 @@ class EarlyWarning(Detector):
         eta = np.full(len(x), np.nan)
         eta[active] = np.maximum((s * self.target - s * now[active]) / rate[active], 0.0)
         return eta, now, slope
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        n = len(x)
+        dues = self.hop.dues(self.count, n)
+        kept = len(self.sums.prefix)
+        sums, ts_rows, u_rows = self.sums.extend(ts, x)
+        self.count += n
+        fit_idx = np.searchsorted(dues, np.arange(n), side="right") - 1  # -1: the line carried in
+        ok = fit_idx >= 0
+        rows = kept - 1 + dues  # the sums just before each due sample
+        best: tuple[FloatArray, FloatArray, FloatArray] | None = None
+        fits = []
+        for w, carried in zip(self.windows, self.fits, strict=True):
+            line = [np.full(n, c) for c in carried]
+            if len(dues):
+                fitted = (*line_from_sums(sums[rows] - sums[rows - w], w, u_rows[rows], self.sums.x0),
+                          ts_rows[rows].astype(np.float64))
+                for col, f in zip(line, fitted, strict=True):
+                    col[ok] = f[fit_idx[ok]]
+            fits.append(tuple(float(col[-1]) for col in line))
+            level, slope, se, t_end = line
+            eta, now, slope = self._eta_all(level, slope, se, t_end, ts, x)
+            if best is None:
+                best = (eta, now, slope)
+            else:  # the streaming form's choice, sample by sample
+                b_eta, b_now, b_slope = best
+                take = np.isnan(b_now) | (~np.isnan(eta) & (np.isnan(b_eta) | (eta < b_eta)))
+                best = (np.where(take, eta, b_eta), np.where(take, now, b_now), np.where(take, slope, b_slope))
+        assert best is not None
+        self.fits = fits
+        eta, now, slope = best
+        self.eta, self.now, self.slope = float(eta[-1]), float(now[-1]), float(slope[-1])
+        return self._verdicts(eta, now, slope)
+
+    def _verdicts(self, eta: FloatArray, now: FloatArray, slope: FloatArray) -> Verdicts:
+        active = ~np.isnan(eta)
+        score = np.zeros(len(eta))
+        score[active] = np.maximum(1.0 - eta[active] / (2.0 * self.horizon_s), 0.0)
+        flagged = active & (eta <= self.horizon_s) & (eta <= self.max_extrapolation)
+        lv = np.where(flagged, self._level, 0).astype(np.int8)
+        return Verdicts(score, lv, {"eta_s": eta, "trend_level": now, "slope_per_s": slope})
 
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
         n = len(x)
@@ -113,12 +159,7 @@ class EarlyWarning(Detector):
             eta = np.where(take2, eta2, eta)
             now = np.where(take2, now2, now)
             slope = np.where(take2, slope2, slope)
-        active = ~np.isnan(eta)
-        score = np.zeros(n)
-        score[active] = np.maximum(1.0 - eta[active] / (2.0 * self.horizon_s), 0.0)
-        flagged = active & (eta <= self.horizon_s) & (eta <= self.max_extrapolation)
-        lv = np.where(flagged, self._level, 0).astype(np.int8)
-        return Verdicts(score, lv, {"eta_s": eta, "trend_level": now, "slope_per_s": slope})
+        return self._verdicts(eta, now, slope)
 
     def evidence(self) -> dict[str, float]:
         return {"eta_s": self.eta, "trend_level": self.now, "slope_per_s": self.slope}

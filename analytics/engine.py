@@ -14,12 +14,17 @@ detectors are plugins). Per sensor, from its catalog entry:
   (the neighbour's readings are fed in by :class:`PlantScorer`)
 
 Windows are set in seconds (settings) and turned into samples with the catalog's sample period.
+
+The streaming job scores in micro-batches (:meth:`EquipmentScorer.ingest` / :meth:`EquipmentScorer.flush`):
+the limit rules judge each sample the moment it arrives; the other detectors score the samples of the
+last fraction of a second together with their vectorised streaming form (``Detector.resume``), which
+continues their state, so the anomalies are exactly those of scoring one sample at a time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +100,17 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
 #: A flag of theirs pages only once confirmed (``confirm_s``); limits, early warnings and health at once.
 STATE_DRIVEN = frozenset({"mad", "ewma", "cusum", "seasonal"})
 
+#: Detectors the streaming job runs on every sample as it arrives, never in a micro-batch: a regulatory
+#: limit's alarm comes with the violating sample.
+IMMEDIATE = frozenset({"limit"})
+
+#: A micro-batch with fewer samples of a sensor than this is stepped sample by sample: numpy's cost per
+#: call would exceed the work (same answers either way).
+MIN_VECTORISED = 16
+
+#: How a frame's detectors are scored: (detector, ts, values) -> transitions.
+ScoreFn = Callable[[Detector, np.ndarray, FloatArray], list[Transition]]
+
 
 class RunningGate:
     """Whether a start/stop machine has been running for its settle time (catalog ``running``), in both
@@ -160,6 +176,12 @@ class EquipmentScorer:
         self.tracker = EpisodeTracker()
         self.samples = 0
         self.unknown_sensors: set[str] = set()
+        self.immediate = {sid: rules for sid, dets in self.detectors.items()
+                          if (rules := [d for d in dets if d.name in IMMEDIATE])}
+        self.batched = {sid: [d for d in dets if d.name not in IMMEDIATE] for sid, dets in self.detectors.items()}
+        # Micro-batch of the streaming job: (ts, readings, running gate settled) per sample not yet scored
+        # by the batched detectors.
+        self.buffered: list[tuple[int, Mapping[str, float], bool]] = []
         self.pca = self._pca(language)
         # sensor -> drift detector against the first redundant neighbour that has the same sensor
         self.drift: dict[str, RedundantDrift] = {}
@@ -204,6 +226,13 @@ class EquipmentScorer:
             return self.tracker.quiet(det, ts, math.nan)
         return None
 
+    def _step_pca(self, ts: int, readings: Mapping[str, float], out: list[Transition]) -> None:
+        assert self.pca is not None
+        row = np.array([readings.get(c, math.nan) for c in self.pca.columns], dtype=np.float64)
+        t = self.step_vector(self.pca, ts, row)
+        if t is not None:
+            out.append(t)
+
     def step_drift(self, ts: int, sensor: str, difference: float) -> Transition | None:
         """Streaming: this sensor minus its redundant neighbour's latest reading."""
         det = self.drift.get(sensor)
@@ -226,11 +255,78 @@ class EquipmentScorer:
                 if t is not None:
                     out.append(t)
         if self.pca is not None:
-            row = np.array([readings.get(c, math.nan) for c in self.pca.columns], dtype=np.float64)
-            t = self.step_vector(self.pca, ts, row)
-            if t is not None:
-                out.append(t)
+            self._step_pca(ts, readings, out)
         self.samples += 1
+        return out
+
+    def ingest(self, ts: int, readings: Mapping[str, float]) -> list[Transition]:
+        """Streaming in micro-batches: the limit rules (and PCA) score this sample now; the other detectors
+        at the next :meth:`flush`, with the same answers :meth:`step` gives. ``readings`` is kept until
+        then and must not change."""
+        out: list[Transition] = []
+        observe = self.tracker.observe
+        settled = self.running.step(ts, readings) if self.running is not None else True
+        if not readings.keys() <= self.detectors.keys():
+            self.unknown_sensors.update(readings.keys() - self.detectors.keys())
+        for sensor, rules in self.immediate.items():
+            x = readings.get(sensor)
+            if x is not None:
+                for d in rules:
+                    t = observe(d, ts, x)
+                    if t is not None:
+                        out.append(t)
+        if self.pca is not None:
+            self._step_pca(ts, readings, out)
+        self.buffered.append((ts, readings, settled))
+        self.samples += 1
+        return out
+
+    def flush(self) -> list[Transition]:
+        """Score the samples :meth:`ingest` kept with every detector but the limit rules, each sensor's
+        samples as one array through ``Detector.resume`` (continuing its state), and track the episodes."""
+        rows, self.buffered = self.buffered, []
+        if not rows:
+            return []
+        n = len(rows)
+        ts_all = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        settled = (np.fromiter((r[2] for r in rows), dtype=bool, count=n) if self.running is not None else None)
+
+        def column(sensor: str) -> FloatArray:
+            return np.fromiter((r[1].get(sensor, math.nan) for r in rows), dtype=np.float64, count=n)
+
+        out = self._score(self.batched, ts_all, column, settled, self._resumed)
+        out.sort(key=lambda t: t.ts)
+        return out
+
+    def _resumed(self, det: Detector, ts: np.ndarray, x: FloatArray) -> list[Transition]:
+        if len(x) < MIN_VECTORISED:
+            observe = self.tracker.observe
+            return [t for t in (observe(det, a, b) for a, b in zip(ts.tolist(), x.tolist(), strict=True))
+                    if t is not None]
+        return batch_transitions(self.tracker, det, ts, x, det.resume(ts, x))
+
+    def _score(self, detectors: Mapping[str, list[Detector]], ts_all: np.ndarray,
+               column: Callable[[str], FloatArray | None], settled: np.ndarray | None,
+               score: ScoreFn) -> list[Transition]:
+        """Score each sensor's column with its detectors; the level statistics of a start/stop machine see
+        only its settled samples (:class:`RunningGate`). Shared by the batch job and the micro-batches."""
+        out: list[Transition] = []
+        for sensor, dets in detectors.items():
+            x_all = column(sensor)
+            if x_all is None:
+                continue
+            mask = np.isfinite(x_all)
+            if not mask.any():
+                continue
+            ts, x = ts_all[mask], x_all[mask]
+            if settled is not None:
+                gated = mask & settled
+                ts_gated, x_gated = ts_all[gated], x_all[gated]
+            for d in dets:
+                if settled is not None and d.name in STATE_DRIVEN:
+                    out.extend(score(d, ts_gated, x_gated))
+                else:
+                    out.extend(score(d, ts, x))
         return out
 
     def run(self, frame: pd.DataFrame) -> list[Transition]:
@@ -238,26 +334,21 @@ class EquipmentScorer:
         sorted by time. Continues the episodes of an earlier ``run`` (backfill in chunks)."""
         times = frame["time"] if "time" in frame.columns else frame.index
         ts_all = _ns(times)
-        out: list[Transition] = []
         settled = None
         if self.running is not None:
             driver = (pd.to_numeric(frame[self.running.sensor], errors="coerce").to_numpy(dtype=np.float64)
                       if self.running.sensor in frame.columns else np.full(len(frame), np.nan))
             settled = self.running.settled(ts_all, driver)
-        for sensor, dets in self.detectors.items():
+
+        def column(sensor: str) -> FloatArray | None:
             if sensor not in frame.columns:
-                continue
-            x_all = pd.to_numeric(frame[sensor], errors="coerce").to_numpy(dtype=np.float64)
-            mask = np.isfinite(x_all)
-            ts, x = ts_all[mask], x_all[mask]
-            if settled is not None:
-                gated = mask & settled
-                ts_gated, x_gated = ts_all[gated], x_all[gated]
-            for d in dets:
-                if settled is not None and d.name in STATE_DRIVEN:
-                    out.extend(batch_transitions(self.tracker, d, ts_gated, x_gated, d.run(ts_gated, x_gated)))
-                else:
-                    out.extend(batch_transitions(self.tracker, d, ts, x, d.run(ts, x)))
+                return None
+            return pd.to_numeric(frame[sensor], errors="coerce").to_numpy(dtype=np.float64)
+
+        def batch(d: Detector, ts: np.ndarray, x: FloatArray) -> list[Transition]:
+            return batch_transitions(self.tracker, d, ts, x, d.run(ts, x))
+
+        out = self._score(self.detectors, ts_all, column, settled, batch)
         if self.pca is not None and all(c in frame.columns for c in self.pca.columns):
             rows = frame[self.pca.columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
             v = self.pca.run(ts_all, rows)
@@ -289,10 +380,13 @@ class EquipmentScorer:
 class PlantScorer:
     """Every equipment of the catalog, built on first sight (the streaming job's state)."""
 
-    def __init__(self, catalog: Catalog, cfg: AnalyticsSettings, language: str = "en") -> None:
+    def __init__(self, catalog: Catalog, cfg: AnalyticsSettings, language: str = "en", *,
+                 micro_batch: bool = False) -> None:
         self.catalog = catalog
         self.cfg = cfg
         self.language = language
+        # micro_batch: ``step`` runs the limit rules at once and keeps the samples for ``flush``
+        self.micro_batch = micro_batch
         self.equipment: dict[tuple[str, str], EquipmentScorer | None] = {}
         # (site, equipment) -> sensor -> (ts, value): the latest reading, for redundant neighbours
         self.latest: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
@@ -305,7 +399,7 @@ class PlantScorer:
         scorer = self.scorer(site, equipment)
         if scorer is None:
             return None
-        out = scorer.step(ts, readings)
+        out = scorer.ingest(ts, readings) if self.micro_batch else scorer.step(ts, readings)
         if (site, equipment) in self._watched:
             latest = self.latest.setdefault((site, equipment), {})
             for sensor, x in readings.items():
@@ -322,6 +416,16 @@ class PlantScorer:
                 if t is not None:
                     out.append(t)
         return out
+
+    def flush(self, site: str, equipment: str) -> list[Transition]:
+        """Score an equipment's micro-batch (nothing to do when it has none)."""
+        scorer = self.equipment.get((site, equipment))
+        return scorer.flush() if scorer is not None else []
+
+    def buffered(self, site: str, equipment: str) -> int:
+        """How many samples of an equipment wait for :meth:`flush`."""
+        scorer = self.equipment.get((site, equipment))
+        return len(scorer.buffered) if scorer is not None else 0
 
     def scorer(self, site: str, equipment: str) -> EquipmentScorer | None:
         key = (site, equipment)

@@ -97,7 +97,7 @@ class EpisodeTracker:
 
     def observe(self, detector: Detector, ts: int, x: float) -> Transition | None:
         """The streaming form: score one sample with ``detector`` and track its episode."""
-        if math.isnan(x):
+        if not math.isfinite(x):  # as in the batch form: a value that is not a number is no sample
             return None
         # Detector.update inlined: this runs for every detector on every reading of the streaming job.
         score, level = detector.step(ts, x)
@@ -118,7 +118,9 @@ def batch_transitions(tracker: EpisodeTracker, detector: Detector, ts: np.ndarra
     flagged = np.flatnonzero(v.level)
     if len(flagged) == 0 and detector.rule not in tracker.open:
         return []
-    hold_ns = detector.hold_s * 1e9
+    # In integer ns, so the clearing sample is the one streaming picks (``ts - last < hold_s * 1e9`` on
+    # integers is ``ts - last < ceil(hold_s * 1e9)``); float ns near 1.8e18 are 256 ns apart.
+    hold_ns = math.ceil(detector.hold_s * 1e9)
     # For every flagged sample followed by an unflagged one: the first later sample at least
     # `hold` after it, if it comes before the next flagged sample, clears the episode.
     visits: list[tuple[int, bool]] = [(int(i), True) for i in flagged]

@@ -45,12 +45,24 @@ class Flatline(Detector):
             self._level if self.run_len >= self.samples else 0)
 
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        return self._verdicts(x, math.nan, 0)
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        v = self._verdicts(x, self.prev, self.run_len)
+        self.prev, self.run_len = float(x[-1]), int(v.evidence["run_samples"][-1])
+        return v
+
+    def _verdicts(self, x: FloatArray, prev: float, run_len: int) -> Verdicts:
+        """Both array forms: ``prev`` and ``run_len`` are the value and run carried in (NaN, 0: none)."""
         n = len(x)
         idx = np.arange(n)
         change = np.ones(n, dtype=bool)
         change[1:] = x[1:] != x[:-1]
-        start = np.maximum.accumulate(np.where(change, idx, 0)) if n else idx
-        run = (idx - start + 1).astype(np.float64)
+        if n:
+            change[0] = x[0] != prev
+        start = np.maximum.accumulate(np.where(change, idx, -1)) if n else idx
+        # samples before the first change continue the run carried in
+        run = np.where(start >= 0, idx - start + 1, run_len + idx + 1).astype(np.float64)
         stopped = x == self.floor
         level = np.where((run >= self.samples) & ~stopped, self._level, 0).astype(np.int8)
         score = np.where(stopped, 0.0, ratio_scores(run, float(self.samples)))
@@ -145,8 +157,18 @@ class Dropout(Detector):
         return ratio_score(self.gap_s, self.max_gap_s), (self._level if self.gap_s > self.max_gap_s else 0)
 
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        return self._verdicts(ts, None)
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        v = self._verdicts(ts, self.prev_ts)
+        self.prev_ts, self.gap_s = int(ts[-1]), float(v.evidence["gap_s"][-1])
+        return v
+
+    def _verdicts(self, ts: np.ndarray, prev_ts: int | None) -> Verdicts:
         gap = np.zeros(len(ts))
         gap[1:] = (ts[1:] - ts[:-1]) / 1e9
+        if prev_ts is not None and len(ts):
+            gap[0] = (int(ts[0]) - prev_ts) / 1e9
         level = np.where(gap > self.max_gap_s, self._level, 0).astype(np.int8)
         return Verdicts(ratio_scores(gap, self.max_gap_s), level, {"gap_s": gap})
 
@@ -247,6 +269,9 @@ class PhysicalRange(Detector):
         bad = (x < self.low) | (x > self.high)
         return Verdicts(bad.astype(np.float64), np.where(bad, self._level, 0).astype(np.int8), {})
 
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        return self._run(ts, x)  # no state
+
     def evidence(self) -> dict[str, float]:
         return {}
 
@@ -277,10 +302,16 @@ class CounterDecrease(Detector):
         return (1.0, self._level) if self.drop > 0 else (0.0, 0)
 
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
-        drop = np.zeros(len(x))
-        if len(x) > 1:
-            d = x[:-1] - x[1:]
-            drop[1:] = np.where(x[1:] < x[:-1], d, 0.0)
+        return self._verdicts(x, math.nan)
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        v = self._verdicts(x, self.prev)
+        self.prev, self.drop = float(x[-1]), float(v.evidence["drop"][-1])
+        return v
+
+    def _verdicts(self, x: FloatArray, prev: float) -> Verdicts:
+        before = np.concatenate([[prev], x[:-1]])  # NaN first: nothing to compare with
+        drop = np.where(x < before, before - x, 0.0)
         bad = drop > 0
         return Verdicts(bad.astype(np.float64), np.where(bad, self._level, 0).astype(np.int8), {"drop": drop})
 

@@ -4,7 +4,10 @@ Both score with :mod:`analytics.engine` and hand the resulting transitions to th
 InfluxDB ``anomalies`` measurement and the ``event`` channel for alerts (:mod:`analytics.store`).
 
 Streaming: paho's network thread only queues messages; the job's thread decodes, scores and writes,
-so a slow InfluxDB never blocks the broker connection. A message that does not follow the wire
+so a slow InfluxDB never blocks the broker connection. Limit rules judge each message as it is
+decoded; the other detectors score each equipment's micro-batch (``micro_batch_s``, 0.2 s by default,
+or ``micro_batch_max`` samples) at once, with the answers of scoring one sample at a time
+(:mod:`analytics.engine`). A limit transition is written and published at once. A message that does not follow the wire
 format, or names equipment the catalog does not know, is counted and logged once per topic; it never
 stops the job.
 """
@@ -77,7 +80,11 @@ class StreamJob:
                  sinks: Sequence[AnomalySink] | None = None, flush_interval_s: float = 0.5) -> None:
         self.settings = settings
         self.site = site
-        self.plant = PlantScorer(catalog, settings.analytics, settings.language)
+        cfg = settings.analytics
+        self.micro_batch_s = cfg.micro_batch_s
+        self.micro_batch_max = cfg.micro_batch_max
+        self.plant = PlantScorer(catalog, cfg, settings.language, micro_batch=cfg.micro_batch_s > 0)
+        self._batch_started: dict[tuple[str, str], float] = {}  # equipment -> monotonic of its oldest kept sample
         self.flush_interval_s = flush_interval_s
         self.summary = JobSummary()
         self.stop_event = threading.Event()
@@ -129,10 +136,25 @@ class StreamJob:
             return []
         self.summary.readings += len(readings)
         key = (t.site, t.equipment)
-        self._last_seen[key] = (time.monotonic(), ts_ns(sample.ts))
+        now = time.monotonic()
+        self._last_seen[key] = (now, ts_ns(sample.ts))
         if key in self._silent:
             out.append(self._silence_cleared(key, ts_ns(sample.ts)))
+        if self.plant.micro_batch:
+            started = self._batch_started.setdefault(key, now)
+            if now - started >= self.micro_batch_s or self.plant.buffered(*key) >= self.micro_batch_max:
+                out.extend(self._flush(key))
         return out
+
+    def _flush(self, key: tuple[str, str]) -> list[Transition]:
+        self._batch_started.pop(key, None)
+        return self.plant.flush(*key)
+
+    def flush(self, now: float | None = None) -> list[Transition]:
+        """Score the micro-batches older than ``micro_batch_s`` (every one when ``now`` is None)."""
+        due = [key for key, started in self._batch_started.items()
+               if now is None or now - started >= self.micro_batch_s]
+        return [t for key in due for t in self._flush(key)]
 
     def _silence_anomaly(self, key: tuple[str, str], ts: int, silent_s: float) -> Anomaly:
         scorer = self.plant.scorer(*key)
@@ -184,6 +206,9 @@ class StreamJob:
         next_report = started + 60.0
         next_silence_check = started + 1.0
         pending: list[Transition] = []
+        urgent = False  # a limit transition waits: written and published without waiting for the interval
+        # how long to wait for a message: short while micro-batches wait to be scored by age
+        tick_s = min(0.1, self.micro_batch_s / 4) if self.micro_batch_s > 0 else 0.1
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
@@ -192,20 +217,29 @@ class StreamJob:
                 if max_messages is not None and self.summary.messages >= max_messages:
                     break
                 try:
-                    topic_name, payload = self._queue.get(timeout=0.1)
+                    topic_name, payload = self._queue.get(timeout=tick_s if self._batch_started else 0.1)
                 except queue.Empty:
                     pass
                 else:
-                    pending.extend(self.handle(topic_name, payload))
-                    while len(pending) < 10_000:  # drain what is queued before writing
+                    new = self.handle(topic_name, payload)
+                    drain_until = time.monotonic() + tick_s
+                    while True:  # drain what is queued before writing, a tick at most
+                        if new:
+                            pending.extend(new)
+                            urgent = urgent or any(t.anomaly.detector == "limit" for t in new)
+                        if len(pending) >= 10_000 or time.monotonic() >= drain_until:
+                            break
                         try:
                             topic_name, payload = self._queue.get_nowait()
                         except queue.Empty:
                             break
-                        pending.extend(self.handle(topic_name, payload))
-                if pending and (time.monotonic() >= next_flush or len(pending) >= 10_000):
+                        new = self.handle(topic_name, payload)
+                if self._batch_started:
+                    pending.extend(self.flush(time.monotonic()))
+                if pending and (urgent or time.monotonic() >= next_flush or len(pending) >= 10_000):
                     self._emit(pending)
                     pending = []
+                    urgent = False
                     next_flush = time.monotonic() + self.flush_interval_s
                 if self.silence_after_s > 0 and time.monotonic() >= next_silence_check:
                     pending.extend(self.check_silence())
@@ -215,7 +249,7 @@ class StreamJob:
                     log.info("analytics: %s", self.summary.line())
                     next_report += 60.0
         finally:
-            self._emit(pending)
+            self._emit(pending + self.flush())
             for sink in self._sinks:
                 sink.close()
             mqtt.loop_stop()

@@ -47,6 +47,12 @@ class HopWindow:
         """Whether a refit is due before scoring the sample that has ``count`` samples before it."""
         return count >= self.window and (count - self.window) % self.hop == 0
 
+    def dues(self, count: int, n: int) -> np.ndarray:
+        """Positions among the next ``n`` samples, after ``count`` seen, before which a refit is due."""
+        first = max(self.window - count, 0)
+        first += (self.window - count - first) % self.hop  # the hop phase carried from earlier samples
+        return np.arange(first, n, self.hop)
+
     def fit_index(self, n: int) -> np.ndarray:
         """For each of ``n`` samples, the index of the fit it is scored with (-1 during warm-up)."""
         idx = np.arange(n) - self.window
@@ -61,12 +67,17 @@ class HopWindow:
         ends = np.arange(self.window, n, self.hop)  # a fit before scoring sample `end`
         if len(ends) == 0:
             return ()
-        views = [sliding_window_view(s, self.window) for s in series]
-        parts: list[tuple[FloatArray, ...]] = []
-        for lo in range(0, len(ends), _CHUNK_HOPS):
-            starts = ends[lo:lo + _CHUNK_HOPS] - self.window
-            parts.append(fit(*(v[starts] for v in views)))
-        return tuple(np.concatenate(cols) for cols in zip(*parts, strict=True))
+        return fit_windows(fit, series, ends - self.window, self.window)
+
+
+def fit_windows(fit: FitFn, series: Sequence[np.ndarray], starts: np.ndarray, window: int) -> tuple[FloatArray, ...]:
+    """``fit`` on the ``window`` samples from each of ``starts`` of every input series, in chunks of hops."""
+    views = [sliding_window_view(s, window) for s in series]
+    parts: list[tuple[FloatArray, ...]] = []
+    for lo in range(0, len(starts), _CHUNK_HOPS):
+        chunk = starts[lo:lo + _CHUNK_HOPS]
+        parts.append(fit(*(v[chunk] for v in views)))
+    return tuple(np.concatenate(cols) for cols in zip(*parts, strict=True))
 
 
 class RingBuffer:
@@ -90,6 +101,25 @@ class RingBuffer:
     def push(self, x: float) -> None:
         self.buf.append(x)
         self.count += 1
+
+    def extend_fits(self, fit: FitFn, values: FloatArray, current: Sequence[float]) -> tuple[FloatArray, ...]:
+        """The vectorised form of "refit when due, then push" over ``values``, continuing this buffer and
+        its hop phase: per value, each fitted quantity it is scored with (``current``, the last fit, until
+        the first refit due among ``values``). Afterwards the buffer is where pushing each would leave it."""
+        n = len(values)
+        window = self.hop.window
+        dues = self.hop.dues(self.count, n)
+        cols = tuple(np.full(n, c, dtype=np.float64) for c in current)
+        if len(dues):
+            history = np.fromiter(self.buf, dtype=np.float64, count=len(self.buf))
+            fits = fit_windows(fit, [np.concatenate([history, values])], len(history) + dues - window, window)
+            fit_idx = np.searchsorted(dues, np.arange(n), side="right") - 1  # -1: before the first refit
+            ok = fit_idx >= 0
+            for col, fitted in zip(cols, fits, strict=True):
+                col[ok] = fitted[fit_idx[ok]]
+        self.buf.extend(values[-window:].tolist())
+        self.count += n
+        return cols
 
 
 def fit_one(fit: FitFn, *rows: np.ndarray) -> tuple[float, ...]:
@@ -131,7 +161,7 @@ class LineSums:
     def __init__(self, window: int) -> None:
         self.ts0: int | None = None
         self.x0 = 0.0
-        self.sums = (0.0, 0.0, 0.0, 0.0, 0.0)  # u, y, uu, uy, yy
+        self.sums: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)  # u, y, uu, uy, yy
         self.prefix: deque[tuple[tuple[float, ...], int, float]] = deque(maxlen=window + 1)
         self.prefix.append((self.sums, 0, 0.0))
 
@@ -143,6 +173,26 @@ class LineSums:
         su, sy, suu, suy, syy = self.sums
         self.sums = (su + u, sy + y, suu + u * u, suy + u * y, syy + y * y)
         self.prefix.append((self.sums, ts, u))
+
+    def extend(self, ts: np.ndarray, x: FloatArray) -> tuple[FloatArray, np.ndarray, FloatArray]:
+        """:meth:`push` of every sample, vectorised (``np.cumsum`` adds in the same order). Returns the
+        prefix rows from the oldest one kept before: sums (rows, 5), ts and u of each row; the row after
+        the first ``k`` new samples is ``len(prefix before) - 1 + k``."""
+        if self.ts0 is None:
+            self.ts0, self.x0 = int(ts[0]), float(x[0])
+        u = (ts - self.ts0) / 1e9
+        y = x - self.x0
+        kept = len(self.prefix)
+        sums = np.empty((kept + len(x), 5))
+        sums[:kept] = [row for row, _, _ in self.prefix]
+        sums[kept - 1:] = np.cumsum(np.vstack([sums[kept - 1], np.column_stack([u, y, u * u, u * y, y * y])]), axis=0)
+        ts_rows = np.concatenate([np.array([t for _, t, _ in self.prefix], dtype=np.int64), ts])
+        u_rows = np.concatenate([[r for _, _, r in self.prefix], u])
+        last = self.prefix.maxlen or len(x)
+        self.prefix.extend(zip(map(tuple, sums[kept:][-last:].tolist()), ts[-last:].tolist(), u[-last:].tolist(),
+                               strict=True))
+        self.sums = self.prefix[-1][0]
+        return sums, ts_rows, u_rows
 
     def fit(self, window: int) -> tuple[float, float, float, float]:
         """(level at the last sample, slope per second, its standard error, last sample's ts) of the
@@ -200,8 +250,9 @@ def line_from_sum(su: float, sy: float, suu: float, suy: float, syy: float, n: i
     return level, slope, se
 
 
-def ewma_init(x: FloatArray, alpha: float) -> FloatArray:
-    """EWMA ``z_i = alpha x_i + (1-alpha) z_(i-1)``, ``z_0 = x_0``, with scipy's IIR filter (no Python loop).
+def ewma_init(x: FloatArray, alpha: float, before: float = math.nan) -> FloatArray:
+    """EWMA ``z_i = alpha x_i + (1-alpha) z_(i-1)`` with scipy's IIR filter (no Python loop); ``z_0 = x_0``
+    unless it continues from ``before`` (the EWMA of the samples before ``x``).
 
     The streaming form computes ``alpha * x + (1 - alpha) * z`` per sample: the same two products and
     one sum, so both forms agree.
@@ -210,6 +261,9 @@ def ewma_init(x: FloatArray, alpha: float) -> FloatArray:
 
     if len(x) == 0:
         return np.zeros(0)
+    if not math.isnan(before):
+        y, _ = lfilter([alpha], [1.0, -(1.0 - alpha)], x, zi=np.array([(1.0 - alpha) * before]))
+        return np.asarray(y)
     out = np.empty(len(x))
     out[0] = x[0]
     if len(x) > 1:
@@ -245,6 +299,33 @@ class TrailingMin:
             q.popleft()
         self.i += 1
         return q[0][1]
+
+    def extend(self, values: FloatArray) -> FloatArray:
+        """:meth:`push` of every value, vectorised: the trailing minimum after each, and the deque left as
+        the pushes would leave it. The deque holds exactly the values of the last ``length`` that no later
+        value undercuts (with their positions), which is all the earlier samples contribute."""
+        n = len(values)
+        if n == 0:
+            return np.zeros(0)
+        i0, length = self.i, self.length
+        mins = trailing_min(values, length) if n > length else np.minimum.accumulate(values)
+        if self.q:
+            at = np.fromiter((i for i, _ in self.q), dtype=np.int64, count=len(self.q))
+            held = np.fromiter((v for _, v in self.q), dtype=np.float64, count=len(self.q))
+            # for each new value: the oldest earlier candidate still inside its window
+            pos = np.searchsorted(at, i0 + np.arange(n) - length + 1, side="left")
+            mins = np.minimum(mins, np.append(held, math.inf)[pos])  # pos == len(at): none left inside
+            keep = (at > i0 + n - 1 - length) & (held < values.min())
+            old = [(int(i), float(v)) for i, v in zip(at[keep], held[keep], strict=True)]
+        else:
+            old = []
+        # a new value stays a candidate while no later one is as low (push pops on >=), within the window
+        later = np.append(np.minimum.accumulate(values[::-1])[::-1][1:], math.inf)
+        cand = np.flatnonzero(values < later)
+        cand = cand[cand > n - 1 - length]
+        self.q = deque(old + list(zip((i0 + cand).tolist(), values[cand].tolist(), strict=True)))
+        self.i = i0 + n
+        return mins
 
 
 def broadcast(fits: Sequence[FloatArray], fit_idx: np.ndarray, fill: float = np.nan) -> list[FloatArray]:
@@ -295,6 +376,32 @@ class NoveltyGate:
         if self.past is not None:
             self.past.push(-stat)
         return eff, flagged
+
+    def judge_many(self, stat: FloatArray) -> tuple[FloatArray, np.ndarray]:
+        """:meth:`judge` of every statistic in order, vectorised: (effective thresholds, flags), and the
+        gate's memory and latch left where judging one at a time would leave them."""
+        thr = self.threshold
+        beyond = stat >= thr
+        n = len(stat)
+        if n == 0:
+            return np.zeros(0), beyond
+        if self.past is None:
+            self.latched = bool(beyond[-1])
+            return np.full(n, thr), beyond
+        before = self.past.q[0][1] if self.past.q else math.inf
+        mins = self.past.extend(-stat)  # trailing max of the statistic, negated
+        past_min = np.concatenate([[before], mins[:-1]])  # what each sample is judged against
+        onset_eff = np.maximum(thr, self.margin * -past_min)
+        onset = stat >= onset_eff
+        idx = np.arange(n)
+        # a latch carried in from the previous sample counts as an onset just before the first one
+        first_onset, first_below = (-1, -2) if self.latched else (-2, -1)
+        last_onset = np.maximum.accumulate(np.where(onset, idx, first_onset))
+        last_below = np.maximum.accumulate(np.where(~beyond, idx, first_below))
+        flagged = beyond & (last_onset > last_below)
+        latched = np.concatenate([[self.latched], flagged[:-1]])
+        self.latched = bool(flagged[-1])
+        return np.where(latched & beyond, thr, onset_eff), flagged
 
 
 def novelty_gate(stat: FloatArray, threshold: float, memory: int,

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from analytics.detector import Detector, FloatArray, SensorContext, Verdicts, level_of
+from analytics.detector import Detector, FloatArray, SensorContext, Verdicts, level_of, ratio_scores
 from analytics.kernels import NOVELTY_MARGIN, NoveltyGate, ewma_init, novelty_gate
 from analytics.statistical import min_sigma_of
 
@@ -108,6 +108,46 @@ class SeasonalBaseline(Detector):
         pos = z > 0
         score[pos] = z[pos] / (z[pos] + eff[pos])
         return Verdicts(score, np.where(flagged, self._level, 0).astype(np.int8),
+                        {"z": z, "expected": expected, "slot": slot.astype(np.float64), "threshold": eff})
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        """The slots' recursions continued from their state, one filter per slot present (a micro-batch of
+        the streaming job spans one or two slots)."""
+        from scipy.signal import lfilter
+
+        n = len(x)
+        slot = (((ts + self.utc_offset_ns) // 1_000_000_000) % DAY_S) // self.slot_s
+        z = np.zeros(n)
+        expected = np.full(n, np.nan)
+        a = self.alpha
+        keep = 1.0 - a
+        order = np.argsort(slot, kind="stable")
+        for idx in np.split(order, np.flatnonzero(np.diff(slot[order])) + 1):
+            s = int(slot[idx[0]])
+            v = x[idx]
+            if self.count[s] == 0:  # the slot's first sample only sets its mean
+                self.mean[s] = float(v[0])
+                self.count[s] = 1
+                idx, v = idx[1:], v[1:]
+                if len(v) == 0:
+                    continue
+            mu0, var0, w0, count0 = self.mean[s], self.var[s], self.weight[s], self.count[s]
+            mu = ewma_init(v, a, mu0)
+            mu_before = np.concatenate([[mu0], mu[:-1]])
+            d = v - mu_before
+            var, _ = lfilter([keep * a], [1.0, -keep], d * d, zi=np.array([keep * var0]))
+            weight, _ = lfilter([keep * a], [1.0, -keep], np.ones(len(v)), zi=np.array([keep * w0]))
+            scored = count0 + np.arange(len(v)) >= self.min_count
+            if scored.any():
+                var_before = np.concatenate([[var0], var[:-1]])[scored]
+                w_before = np.concatenate([[w0], weight[:-1]])[scored]
+                z[idx[scored]] = np.abs(d[scored]) / np.maximum(np.sqrt(var_before / w_before), self.min_sigma)
+            expected[idx] = mu_before
+            self.mean[s], self.var[s], self.weight[s] = float(mu[-1]), float(var[-1]), float(weight[-1])
+            self.count[s] = count0 + len(v)
+        eff, flagged = self.gate.judge_many(z)
+        self.ev = (float(z[-1]), float(expected[-1]), float(slot[-1]), float(eff[-1]))
+        return Verdicts(ratio_scores(z, eff), np.where(flagged, self._level, 0).astype(np.int8),
                         {"z": z, "expected": expected, "slot": slot.astype(np.float64), "threshold": eff})
 
     def evidence(self) -> dict[str, float]:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from analytics.detector import Detector, FloatArray, SensorContext, Verdicts, level_of, ratio_score
+from analytics.detector import Detector, FloatArray, SensorContext, Verdicts, level_of, ratio_score, ratio_scores
 from analytics.kernels import (
     NOVELTY_MARGIN,
     HopWindow,
@@ -74,10 +74,29 @@ class _RobustBase(Detector):
 
     def _judge_all(self, stat: FloatArray) -> tuple[FloatArray, np.ndarray, FloatArray]:
         eff, flagged = novelty_gate(stat, self.threshold, self.novelty, self.novelty_margin)
-        score = np.zeros(len(stat))
-        pos = stat > 0
-        score[pos] = stat[pos] / (stat[pos] + eff[pos])
-        return score, np.where(flagged, self._level, 0).astype(np.int8), eff
+        return ratio_scores(stat, eff), np.where(flagged, self._level, 0).astype(np.int8), eff
+
+    def _resume_against_reference(self, values: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray,
+                                                                      FloatArray, np.ndarray, FloatArray]:
+        """Micro-batch form of refit-if-due, push, distance and gate over ``values`` (the samples, or
+        their EWMA), continuing the ring buffer, the hop phase, the last fit and the novelty gate:
+        (median, sigma, distance in sigmas, score, level, effective threshold) per value."""
+        med, sigma = self.ring.extend_fits(self._fit, values, (self.median, self.sigma))
+        self.median, self.sigma = float(med[-1]), float(sigma[-1])
+        n = len(values)
+        dist = np.zeros(n)
+        score = np.zeros(n)
+        level = np.zeros(n, dtype=np.int8)
+        eff = np.full(n, self.threshold)
+        scored = ~np.isnan(med)  # the warm-up neither scores nor reaches the gate, as in streaming
+        if scored.any():
+            dist[scored] = np.abs(values[scored] - med[scored]) / sigma[scored]
+            stat = dist[scored]
+            eff[scored], flagged = self.gate.judge_many(stat)
+            score[scored] = ratio_scores(stat, eff[scored])
+            level[scored] = np.where(flagged, self._level, 0)
+            self.effective_threshold = float(eff[scored][-1])
+        return med, sigma, dist, score, level, eff
 
     def threshold_of(self, ev: Mapping[str, float], level: int) -> float:
         return float(ev.get("threshold", self.threshold))
@@ -124,6 +143,11 @@ class RobustZ(_RobustBase):
         score, level, eff = self._judge_all(z)
         return Verdicts(score, level, {"z": z, "median": med, "sigma": sigma, "threshold": eff})
 
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        med, sigma, z, score, level, eff = self._resume_against_reference(x)
+        self.z = float(z[-1])
+        return Verdicts(score, level, {"z": z, "median": med, "sigma": sigma, "threshold": eff})
+
     def evidence(self) -> dict[str, float]:
         return {"z": self.z, "median": self.median, "sigma": self.sigma, "threshold": self.effective_threshold}
 
@@ -166,6 +190,12 @@ class EwmaChart(_RobustBase):
         ok = fit_idx >= 0
         e[ok] = np.abs(z[ok] - med[ok]) / sigma[ok]
         score, level, eff = self._judge_all(e)
+        return Verdicts(score, level, {"ewma": z, "median": med, "sigma": sigma, "e": e, "threshold": eff})
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        z = ewma_init(x, self.alpha, self.z)
+        med, sigma, e, score, level, eff = self._resume_against_reference(z)
+        self.z, self.e = float(z[-1]), float(e[-1])
         return Verdicts(score, level, {"ewma": z, "median": med, "sigma": sigma, "e": e, "threshold": eff})
 
     def evidence(self) -> dict[str, float]:

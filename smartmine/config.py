@@ -208,6 +208,12 @@ class AnalyticsSettings(BaseModel):
     confirm_s: float = Field(default=60.0, ge=0,
                              description="A level statistic's anomaly (mad, ewma, cusum, seasonal, pca) is info "
                                          "(shown, not paged) until it has lasted this long; then its severity")
+    micro_batch_s: float = Field(default=0.2, ge=0, le=5, description="Streaming: the detectors other than the "
+                                 "limit rules score an equipment's samples of up to this long together (the "
+                                 "same answers, up to this much later); limit rules judge every sample at once. "
+                                 "0: every sample at once")
+    micro_batch_max: int = Field(default=2000, ge=1, description="Streaming: an equipment's micro-batch is "
+                                 "scored as soon as this many samples wait, however young")
     limit_alarm_severity: Literal["info", "warning", "critical", "emergency"] = "critical"
     limit_power_off_severity: Literal["info", "warning", "critical", "emergency"] = "emergency"
     statistical_severity: Literal["info", "warning", "critical", "emergency"] = "warning"
