@@ -173,6 +173,10 @@ class Detector(ABC):
     #: an episode on this rule raises the detector's severity only once it has lasted this long; until
     #: then it is ``info`` (shown, not paged). 0: the first flag raises it (limits, health, early warnings)
     confirm_s: float = 0.0
+    #: From how many samples the streaming job scores a micro-batch with ``resume`` rather than step by
+    #: step (numpy's cost per call against Python's per sample; measured, see docs/benchmarks.md). The
+    #: default ``resume`` is a loop of steps: never worth it.
+    resume_from: ClassVar[int] = 2**31
 
     def __init__(self, ctx: SensorContext | None = None) -> None:
         self.ctx = ctx or SensorContext()

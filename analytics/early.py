@@ -30,6 +30,7 @@ class EarlyWarning(Detector):
     """
 
     name = "early"
+    resume_from = 256
 
     def __init__(self, ctx: SensorContext, limit: Limit, *, window: int = 300, hop: int = 10,
                  horizon_s: float = 1800.0, min_t: float = 6.0, severity: str = "warning",

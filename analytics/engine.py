@@ -104,9 +104,10 @@ STATE_DRIVEN = frozenset({"mad", "ewma", "cusum", "seasonal"})
 #: limit's alarm comes with the violating sample.
 IMMEDIATE = frozenset({"limit"})
 
-#: A micro-batch with fewer samples of a sensor than this is stepped sample by sample: numpy's cost per
-#: call would exceed the work (same answers either way).
-MIN_VECTORISED = 16
+#: A micro-batch with fewer samples of a sensor than its detector's ``resume_from`` is stepped sample by
+#: sample: numpy's cost per call would exceed the work (same answers either way). Tests set a number
+#: here to make every detector take the vectorised path.
+VECTORISE_FROM: int | None = None
 
 #: How a frame's detectors are scored: (detector, ts, values) -> transitions.
 ScoreFn = Callable[[Detector, np.ndarray, FloatArray], list[Transition]]
@@ -292,14 +293,15 @@ class EquipmentScorer:
         settled = (np.fromiter((r[2] for r in rows), dtype=bool, count=n) if self.running is not None else None)
 
         def column(sensor: str) -> FloatArray:
-            return np.fromiter((r[1].get(sensor, math.nan) for r in rows), dtype=np.float64, count=n)
+            nan = math.nan
+            return np.array([r[1].get(sensor, nan) for r in rows], dtype=np.float64)
 
         out = self._score(self.batched, ts_all, column, settled, self._resumed)
         out.sort(key=lambda t: t.ts)
         return out
 
     def _resumed(self, det: Detector, ts: np.ndarray, x: FloatArray) -> list[Transition]:
-        if len(x) < MIN_VECTORISED:
+        if len(x) < (VECTORISE_FROM if VECTORISE_FROM is not None else det.resume_from):
             observe = self.tracker.observe
             return [t for t in (observe(det, a, b) for a, b in zip(ts.tolist(), x.tolist(), strict=True))
                     if t is not None]

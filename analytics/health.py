@@ -26,6 +26,7 @@ class Flatline(Detector):
     """
 
     name = "stuck"
+    resume_from = 64
 
     def __init__(self, ctx: SensorContext, *, samples: int = 600, severity: str = "warning") -> None:
         super().__init__(ctx)
@@ -142,6 +143,7 @@ class Dropout(Detector):
     """
 
     name = "dropout"
+    resume_from = 32
 
     def __init__(self, ctx: SensorContext, *, factor: float = 10.0, severity: str = "warning") -> None:
         super().__init__(ctx)
@@ -252,6 +254,7 @@ class PhysicalRange(Detector):
     """A reading the instrument cannot produce (outside the catalog's physical range): a sensor fault."""
 
     name = "range"
+    resume_from = 32
 
     def __init__(self, ctx: SensorContext, *, severity: str = "warning") -> None:
         super().__init__(ctx)
@@ -288,6 +291,7 @@ class CounterDecrease(Detector):
     """A monotonic counter (energy in kWh) that went down: a meter reset or a data fault."""
 
     name = "counter"
+    resume_from = 32
 
     def __init__(self, ctx: SensorContext, *, severity: str = "warning") -> None:
         super().__init__(ctx)

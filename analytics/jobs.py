@@ -35,7 +35,7 @@ from smartmine.catalog import Catalog
 from smartmine.config import Settings
 from smartmine.errors import UsageError
 from smartmine.schema import QUALITY_SUFFIX, ts_ns
-from smartmine.wire import WireError, parse_telemetry, parse_topic, subscription
+from smartmine.wire import Reading, TelemetryPayload, WireError, parse_telemetry, parse_topic, subscription
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,13 @@ class JobSummary:
                 f"{self.unknown_equipment} from unknown equipment")
 
 
+def usable_readings(sample: TelemetryPayload) -> dict[str, float]:
+    """sensor -> value of a sample's readings, without the ``bad`` ones (bad data is not evidence).
+    ``TelemetryPayload.values()`` without the intermediate dict: this runs for every message."""
+    return {s: r.value if isinstance(r, Reading) else float(r) for s, r in sample.readings.items()
+            if not isinstance(r, Reading) or r.quality != "bad"}
+
+
 def _connect(settings: Settings, client_id: str) -> Any:
     from smartmine.mqtt import make_client
 
@@ -92,6 +99,7 @@ class StreamJob:
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100_000)
         self._sinks = list(sinks) if sinks is not None else None
         self._warned: set[str] = set()
+        self._topics: dict[str, tuple[str, str]] = {}
         # Live silence: an equipment that published before and has gone quiet (wall clock, as it happens;
         # the dropout detector marks the gap in the data once samples resume, in both forms).
         self.silence_after_s = settings.analytics.silence_after_s
@@ -118,28 +126,38 @@ class StreamJob:
             self._warned.add(key)
             log.warning("%s", text)
 
+    def _topic(self, name: str) -> tuple[str, str]:
+        """(site, equipment) of a telemetry topic; parsed once per topic (a plant has a few hundred)."""
+        key = self._topics.get(name)
+        if key is None:
+            t = parse_topic(name, self.settings.topic_prefix)
+            key = (t.site, t.equipment)
+            if len(self._topics) < 100_000:
+                self._topics[name] = key
+        return key
+
     def handle(self, topic_name: str, payload: bytes) -> list[Transition]:
         """Decode and score one telemetry message."""
         self.summary.messages += 1
         try:
-            t = parse_topic(topic_name, self.settings.topic_prefix)
+            key = self._topic(topic_name)
             sample = parse_telemetry(payload)
         except WireError as exc:
             self.summary.rejected += 1
             self._warn_once(topic_name, f"analytics: rejected message on {topic_name}: {exc}")
             return []
-        readings = {s: v for s, (v, q) in sample.values().items() if q != "bad"}  # bad data is not evidence
-        out = self.plant.step(t.site, t.equipment, ts_ns(sample.ts), readings)
+        readings = usable_readings(sample)
+        ts = ts_ns(sample.ts)
+        out = self.plant.step(*key, ts, readings)
         if out is None:
             self.summary.unknown_equipment += 1
-            self._warn_once(topic_name, f"analytics: {t.site}/{t.equipment} is not in the catalog; not scored")
+            self._warn_once(topic_name, f"analytics: {key[0]}/{key[1]} is not in the catalog; not scored")
             return []
         self.summary.readings += len(readings)
-        key = (t.site, t.equipment)
         now = time.monotonic()
-        self._last_seen[key] = (now, ts_ns(sample.ts))
+        self._last_seen[key] = (now, ts)
         if key in self._silent:
-            out.append(self._silence_cleared(key, ts_ns(sample.ts)))
+            out.append(self._silence_cleared(key, ts))
         if self.plant.micro_batch:
             started = self._batch_started.setdefault(key, now)
             if now - started >= self.micro_batch_s or self.plant.buffered(*key) >= self.micro_batch_max:

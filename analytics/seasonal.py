@@ -28,6 +28,7 @@ class SeasonalBaseline(Detector):
     """Score a sample against the usual value of its time-of-day slot."""
 
     name = "seasonal"
+    resume_from = 64
 
     def __init__(self, ctx: SensorContext | None = None, *, slot_s: int = 3600, utc_offset_s: int = 8 * 3600,
                  days: float = 3.0, threshold: float = 5.0, min_count: int | None = None,

@@ -46,6 +46,8 @@ def min_sigma_of(ctx: SensorContext) -> float:
 class _RobustBase(Detector):
     """Keeps the hopping robust reference (median, sigma) in both forms."""
 
+    resume_from = 64
+
     def __init__(self, ctx: SensorContext | None, window: int, hop: int, threshold: float,
                  severity: str = "warning", novelty: int = 0,
                  novelty_margin: float = NOVELTY_MARGIN) -> None:

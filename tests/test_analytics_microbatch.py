@@ -161,11 +161,11 @@ def reference(messages: list[tuple[str, bytes]]) -> list[list[Transition]]:
 
 
 @pytest.mark.parametrize("batch", [1, 2, 7, 100, "random"])
-@pytest.mark.parametrize("min_vectorised", [1, engine.MIN_VECTORISED])
+@pytest.mark.parametrize("vectorise_from", [1, None])
 def test_micro_batched_job_finds_exactly_what_per_sample_streaming_finds(
-        batch: int | str, min_vectorised: int, messages: list[tuple[str, bytes]],
+        batch: int | str, vectorise_from: int | None, messages: list[tuple[str, bytes]],
         reference: list[list[Transition]], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "MIN_VECTORISED", min_vectorised)  # 1: even tiny batches vectorised
+    monkeypatch.setattr(engine, "VECTORISE_FROM", vectorise_from)  # 1: even tiny batches vectorised
     rng = np.random.default_rng(11)
     # flushed by size (no age limit within the test), or by the job's clock at random messages
     j = job(5.0, batch if isinstance(batch, int) else 10**6)
