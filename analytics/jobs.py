@@ -67,7 +67,11 @@ class JobSummary:
 
 def usable_readings(sample: TelemetryPayload) -> dict[str, float]:
     """sensor -> value of a sample's readings, without the ``bad`` ones (bad data is not evidence).
-    ``TelemetryPayload.values()`` without the intermediate dict: this runs for every message."""
+    ``TelemetryPayload.values()`` without the intermediate dict: this runs for every message, and most
+    messages carry only bare numbers (the wire model makes them floats)."""
+    plain = {s: r for s, r in sample.readings.items() if r.__class__ is float}
+    if len(plain) == len(sample.readings):
+        return plain
     return {s: r.value if isinstance(r, Reading) else float(r) for s, r in sample.readings.items()
             if not isinstance(r, Reading) or r.quality != "bad"}
 

@@ -8,6 +8,11 @@ matrix, so the references are the same numbers. Between refits a sample is score
 arithmetic that is written once for scalars and once for arrays with the same operations in the same
 order, so the scores agree to the last bit in practice (a test checks it).
 
+The streaming job's micro-batches use a third form, the streaming state advanced over an array
+(``RingBuffer.extend_fits``, ``TrailingMin.extend``, ``NoveltyGate.judge_many``, ``LineSums.extend``,
+``ewma_init(..., before=...)``): the same kernels on the buffered history plus the new samples, and the
+state left where pushing the samples one by one would leave it.
+
 Why hopping rather than sliding: an exact rolling MAD costs a sort per sample; a hop of a quarter
 window costs four medians per window, vectorises, and a reference that lags by a few samples more
 changes nothing for a detector that looks for departures from the last minutes.

@@ -10,6 +10,7 @@ limit alarms still come out on the violating message itself.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -195,3 +196,37 @@ def test_micro_batch_is_scored_once_it_is_old_enough(messages: list[tuple[str, b
     assert j.flush(time.monotonic()) == [] and j.plant.buffered("yanshan_mine", "gas_upper_corner_1203") == 1
     j.flush(time.monotonic() + 0.2)
     assert j.plant.buffered("yanshan_mine", "gas_upper_corner_1203") == 0, "flushed by age"
+
+
+def test_live_job_scores_a_waiting_micro_batch_without_further_messages(settings: Settings) -> None:
+    """Through the real broker: a stuck methane sensor (a batched detector) is reported while the job runs,
+    though no message follows the ones that made it stuck (the job scores micro-batches by age)."""
+    from analytics.store import CollectingSink
+    from smartmine.mqtt import make_client
+
+    sink = CollectingSink()
+    cfg = settings.analytics.model_copy(update={"stuck_after_s": 5, "micro_batch_s": 0.2})
+    live = StreamJob(settings.model_copy(update={"analytics": cfg}), load_catalog(), sinks=[sink])
+    worker = threading.Thread(target=live.run, kwargs={"duration_s": 30}, daemon=True)
+    worker.start()
+    try:
+        assert live.ready.wait(10), "subscription was not acknowledged"
+        pub = make_client(settings.mqtt, f"{settings.topic_prefix}-pub")
+        pub.connect(settings.mqtt.host, settings.mqtt.port)
+        pub.loop_start()
+        name = topic("yanshan_mine", "face_1203", "gas_upper_corner_1203", prefix=settings.topic_prefix)
+        for seq in range(8):
+            info = pub.publish(name, encode_telemetry(START + timedelta(seconds=seq), seq, {"ch4_pct": 0.42}), qos=1)
+        info.wait_for_publish(10)
+        pub.loop_stop()
+        pub.disconnect()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not sink.transitions:
+            time.sleep(0.05)
+        assert worker.is_alive(), "reported by the running job, not by its shutdown"
+        assert [(t.kind, t.episode.rule, t.ts) for t in sink.transitions] == [
+            ("firing", "health:stuck:ch4_pct", int((START + timedelta(seconds=4)).timestamp() * 1e9))]
+    finally:
+        live.stop_event.set()
+        worker.join(15)
+    assert not worker.is_alive() and live.summary.readings == 8
