@@ -78,27 +78,34 @@ class _RobustBase(Detector):
         eff, flagged = novelty_gate(stat, self.threshold, self.novelty, self.novelty_margin)
         return ratio_scores(stat, eff), np.where(flagged, self._level, 0).astype(np.int8), eff
 
-    def _resume_against_reference(self, values: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray,
-                                                                      FloatArray, np.ndarray, FloatArray]:
-        """Micro-batch form of refit-if-due, push, distance and gate over ``values`` (the samples, or
-        their EWMA), continuing the ring buffer, the hop phase, the last fit and the novelty gate:
-        (median, sigma, distance in sigmas, score, level, effective threshold) per value."""
+    def _resume_reference(self, values: FloatArray) -> tuple[FloatArray, FloatArray, np.ndarray]:
+        """Micro-batch form of refit-if-due and push over ``values`` (the samples, or their EWMA),
+        continuing the ring buffer, the hop phase and the last fit: (median, sigma, scored) per value;
+        the warm-up is not scored and does not reach the gate, as in streaming."""
         med, sigma = self.ring.extend_fits(self._fit, values, (self.median, self.sigma))
         self.median, self.sigma = float(med[-1]), float(sigma[-1])
-        n = len(values)
-        dist = np.zeros(n)
+        return med, sigma, ~np.isnan(med)
+
+    def _resume_judge(self, stat: FloatArray, scored: np.ndarray) -> tuple[FloatArray, np.ndarray, FloatArray]:
+        """Score, level and effective threshold of the scored statistics through the novelty gate."""
+        n = len(stat)
         score = np.zeros(n)
         level = np.zeros(n, dtype=np.int8)
         eff = np.full(n, self.threshold)
-        scored = ~np.isnan(med)  # the warm-up neither scores nor reaches the gate, as in streaming
         if scored.any():
-            dist[scored] = np.abs(values[scored] - med[scored]) / sigma[scored]
-            stat = dist[scored]
-            eff[scored], flagged = self.gate.judge_many(stat)
-            score[scored] = ratio_scores(stat, eff[scored])
+            eff[scored], flagged = self.gate.judge_many(stat[scored])
+            score[scored] = ratio_scores(stat[scored], eff[scored])
             level[scored] = np.where(flagged, self._level, 0)
             self.effective_threshold = float(eff[scored][-1])
-        return med, sigma, dist, score, level, eff
+        return score, level, eff
+
+    def _resume_distance(self, values: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray,
+                                                             np.ndarray, FloatArray]:
+        """(median, sigma, distance in sigmas, score, level, effective threshold) per value."""
+        med, sigma, scored = self._resume_reference(values)
+        dist = np.zeros(len(values))
+        dist[scored] = np.abs(values[scored] - med[scored]) / sigma[scored]
+        return (med, sigma, dist, *self._resume_judge(dist, scored))
 
     def threshold_of(self, ev: Mapping[str, float], level: int) -> float:
         return float(ev.get("threshold", self.threshold))
@@ -146,7 +153,7 @@ class RobustZ(_RobustBase):
         return Verdicts(score, level, {"z": z, "median": med, "sigma": sigma, "threshold": eff})
 
     def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
-        med, sigma, z, score, level, eff = self._resume_against_reference(x)
+        med, sigma, z, score, level, eff = self._resume_distance(x)
         self.z = float(z[-1])
         return Verdicts(score, level, {"z": z, "median": med, "sigma": sigma, "threshold": eff})
 
@@ -196,7 +203,7 @@ class EwmaChart(_RobustBase):
 
     def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
         z = ewma_init(x, self.alpha, self.z)
-        med, sigma, e, score, level, eff = self._resume_against_reference(z)
+        med, sigma, e, score, level, eff = self._resume_distance(z)
         self.z, self.e = float(z[-1]), float(e[-1])
         return Verdicts(score, level, {"ewma": z, "median": med, "sigma": sigma, "e": e, "threshold": eff})
 
@@ -262,6 +269,29 @@ class Cusum(_RobustBase):
             s[ok] = np.maximum(s_up, s_down)
             direction[ok] = np.where(s_up >= s_down, 1.0, -1.0)
         score, level, eff = self._judge_all(s)
+        return Verdicts(score, level, {"cusum": s, "median": med, "sigma": sigma, "direction": direction,
+                                       "threshold": eff})
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        med, sigma, scored = self._resume_reference(x)
+        n = len(x)
+        s = np.zeros(n)
+        direction = np.zeros(n)
+        if scored.any():
+            if not self.started:  # the sums start at 0 just before the first scored sample
+                self.min_up.push(0.0)
+                self.min_down.push(0.0)
+                self.started = True
+            y = np.clip((x[scored] - med[scored]) / sigma[scored], -self.clip, self.clip)
+            up = np.cumsum(np.concatenate([[self.up], y - self.allowance]))[1:]  # the same additions in order
+            down = np.cumsum(np.concatenate([[self.down], -y - self.allowance]))[1:]
+            s_up = up - self.min_up.extend(up)
+            s_down = down - self.min_down.extend(down)
+            s[scored] = np.maximum(s_up, s_down)
+            direction[scored] = np.where(s_up >= s_down, 1.0, -1.0)
+            self.up, self.down = float(up[-1]), float(down[-1])
+        self.s, self.direction = float(s[-1]), float(direction[-1])
+        score, level, eff = self._resume_judge(s, scored)
         return Verdicts(score, level, {"cusum": s, "median": med, "sigma": sigma, "direction": direction,
                                        "threshold": eff})
 
