@@ -301,7 +301,10 @@ class EquipmentScorer:
         return out
 
     def _resumed(self, det: Detector, ts: np.ndarray, x: FloatArray) -> list[Transition]:
-        if len(x) < (VECTORISE_FROM if VECTORISE_FROM is not None else det.resume_from):
+        # Episodes from arrays (batch_transitions) need time order; a publisher replaying its buffer can
+        # deliver a sample after a later one, and then the samples are stepped in arrival order instead.
+        if (len(x) < (VECTORISE_FROM if VECTORISE_FROM is not None else det.resume_from)
+                or (ts[1:] < ts[:-1]).any()):
             observe = self.tracker.observe
             return [t for t in (observe(det, a, b) for a, b in zip(ts.tolist(), x.tolist(), strict=True))
                     if t is not None]
