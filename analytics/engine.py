@@ -180,6 +180,7 @@ class EquipmentScorer:
         self.immediate = {sid: rules for sid, dets in self.detectors.items()
                           if (rules := [d for d in dets if d.name in IMMEDIATE])}
         self.batched = {sid: [d for d in dets if d.name not in IMMEDIATE] for sid, dets in self.detectors.items()}
+        self.vectorise_from = min((d.resume_from for dets in self.batched.values() for d in dets), default=1)
         # Micro-batch of the streaming job: (ts, readings, running gate settled) per sample not yet scored
         # by the batched detectors.
         self.buffered: list[tuple[int, Mapping[str, float], bool]] = []
@@ -241,13 +242,26 @@ class EquipmentScorer:
 
     def step(self, ts: int, readings: Mapping[str, float]) -> list[Transition]:
         """Streaming: one equipment sample (sensor -> value) at ``ts`` ns."""
+        settled = self.running.step(ts, readings) if self.running is not None else True
+        self._note_unknown(readings)
+        out = self._observe(ts, readings, settled, self.detectors)
+        if self.pca is not None:
+            self._step_pca(ts, readings, out)
+        self.samples += 1
+        return out
+
+    def _note_unknown(self, readings: Mapping[str, float]) -> None:
+        if not readings.keys() <= self.detectors.keys():
+            self.unknown_sensors.update(readings.keys() - self.detectors.keys())
+
+    def _observe(self, ts: int, readings: Mapping[str, float], settled: bool,
+                 detectors: Mapping[str, list[Detector]]) -> list[Transition]:
+        """One sample through ``detectors`` (sensor -> detectors) and the episodes."""
         out: list[Transition] = []
         observe = self.tracker.observe
-        settled = self.running.step(ts, readings) if self.running is not None else True
         for sensor, x in readings.items():
-            dets = self.detectors.get(sensor)
+            dets = detectors.get(sensor)
             if dets is None:
-                self.unknown_sensors.add(sensor)
                 continue
             for d in dets:
                 if not settled and d.name in STATE_DRIVEN:
@@ -255,27 +269,15 @@ class EquipmentScorer:
                 t = observe(d, ts, x)
                 if t is not None:
                     out.append(t)
-        if self.pca is not None:
-            self._step_pca(ts, readings, out)
-        self.samples += 1
         return out
 
     def ingest(self, ts: int, readings: Mapping[str, float]) -> list[Transition]:
         """Streaming in micro-batches: the limit rules (and PCA) score this sample now; the other detectors
         at the next :meth:`flush`, with the same answers :meth:`step` gives. ``readings`` is kept until
         then and must not change."""
-        out: list[Transition] = []
-        observe = self.tracker.observe
         settled = self.running.step(ts, readings) if self.running is not None else True
-        if not readings.keys() <= self.detectors.keys():
-            self.unknown_sensors.update(readings.keys() - self.detectors.keys())
-        for sensor, rules in self.immediate.items():
-            x = readings.get(sensor)
-            if x is not None:
-                for d in rules:
-                    t = observe(d, ts, x)
-                    if t is not None:
-                        out.append(t)
+        self._note_unknown(readings)
+        out = self._observe(ts, readings, settled, self.immediate)
         if self.pca is not None:
             self._step_pca(ts, readings, out)
         self.buffered.append((ts, readings, settled))
@@ -286,9 +288,10 @@ class EquipmentScorer:
         """Score the samples :meth:`ingest` kept with every detector but the limit rules, each sensor's
         samples as one array through ``Detector.resume`` (continuing its state), and track the episodes."""
         rows, self.buffered = self.buffered, []
-        if not rows:
-            return []
         n = len(rows)
+        if n < (VECTORISE_FROM if VECTORISE_FROM is not None else self.vectorise_from):
+            # too few for numpy to pay for any detector: one sample at a time, as in `step`
+            return [t for ts, readings, settled in rows for t in self._observe(ts, readings, settled, self.batched)]
         ts_all = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         settled = (np.fromiter((r[2] for r in rows), dtype=bool, count=n) if self.running is not None else None)
 
