@@ -254,7 +254,7 @@ class PhysicalRange(Detector):
     """A reading the instrument cannot produce (outside the catalog's physical range): a sensor fault."""
 
     name = "range"
-    resume_from = 32
+    resume_from = 64
 
     def __init__(self, ctx: SensorContext, *, severity: str = "warning") -> None:
         super().__init__(ctx)

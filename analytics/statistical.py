@@ -221,6 +221,7 @@ class Cusum(_RobustBase):
     """Two-sided CUSUM with finite memory on the standardised samples: a change point."""
 
     name = "cusum"
+    resume_from = 256  # two running minima per sample besides the reference: numpy pays later
 
     def __init__(self, ctx: SensorContext | None = None, *, window: int = 240, hop: int = 30,
                  threshold: float = 10.0, allowance: float = 1.0, clip: float = 4.0, memory: int = 120,
