@@ -25,17 +25,13 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from smartmine.influx import quote_ident
-from smartmine.wire import ID_RE, WireError
+from smartmine.wire import ID_RE, QUALITY_SUFFIX, RESERVED_FIELDS, SEQ_FIELD, WireError, is_reserved_sensor_id
 
 if TYPE_CHECKING:
     from smartmine.catalog import Catalog
     from smartmine.influx import InfluxClient
 
 TAGS = ("site", "area", "equipment")
-SEQ_FIELD = "seq"
-QUALITY_SUFFIX = "_quality"
-# Field keys InfluxDB or this schema already uses: a sensor by one of these names would overwrite them.
-RESERVED_FIELDS = frozenset({SEQ_FIELD, "time"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -59,7 +55,7 @@ def series_prefix(measurement: str, site: str, area: str, equipment: str) -> str
 def _field_key(sensor: str) -> str:
     # Sensor ids repeat in every sample: checking each once keeps the encoder fast (replay, ingest).
     _require_id("sensor", sensor)
-    if sensor in RESERVED_FIELDS or sensor.endswith(QUALITY_SUFFIX):
+    if is_reserved_sensor_id(sensor):
         raise WireError(f"sensor {sensor!r} cannot be written to InfluxDB: the field name is reserved "
                         f"({', '.join(sorted(RESERVED_FIELDS))}, *{QUALITY_SUFFIX})")
     return sensor

@@ -26,8 +26,21 @@ MAX_READINGS = 1024
 
 # Matched with fullmatch: with re.match, "$" would also accept a trailing newline ("site\n").
 ID_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# Stored beside the readings (smartmine.schema): a sample's ``seq``, each reading's quality flag as
+# ``<sensor>_quality``, and InfluxDB's own ``time``. A sensor by one of these names would overwrite them,
+# so the catalog refuses such a sensor id and the encoder refuses such a reading.
+SEQ_FIELD = "seq"
+QUALITY_SUFFIX = "_quality"
+RESERVED_FIELDS = frozenset({SEQ_FIELD, "time"})
 _SEGMENT = ID_RE
 _PREFIX = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
+
+
+
+def is_reserved_sensor_id(sensor: str) -> bool:
+    """True for a name the stored schema keeps for itself (``seq``, ``time``, ``*_quality``)."""
+    return sensor in RESERVED_FIELDS or sensor.endswith(QUALITY_SUFFIX)
+
 
 Quality = Literal["good", "uncertain", "bad"]
 Severity = Literal["info", "warning", "critical", "emergency"]

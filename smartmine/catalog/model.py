@@ -6,9 +6,12 @@ YAML files next to this module; this module only gives that data a shape and che
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from smartmine.wire import QUALITY_SUFFIX, RESERVED_FIELDS, is_reserved_sensor_id
 
 SiteKind = Literal["coal_mine", "steel_plant"]
 SensorKind = Literal["gauge", "counter", "state"]
@@ -155,6 +158,18 @@ class EquipmentType(_Strict):
     rotating: RotatingMachine | None = None
     running: RunningState | None = None
     description: str | None = None
+
+    @model_validator(mode="after")
+    def _sensor_ids_are_field_names(self) -> EquipmentType:
+        # A sensor id becomes an InfluxDB field key and a Grafana variable: the id alphabet, and none of the
+        # names the stored schema writes beside the readings.
+        for sid in self.sensors:
+            if not re.fullmatch(ID_PATTERN.strip("^$"), sid):
+                raise ValueError(f"sensor id {sid!r} should match pattern '{ID_PATTERN}'")
+            if is_reserved_sensor_id(sid):
+                raise ValueError(f"sensor id {sid!r} is reserved for the stored schema "
+                                 f"({', '.join(sorted(RESERVED_FIELDS))}, *{QUALITY_SUFFIX})")
+        return self
 
     @model_validator(mode="after")
     def _running_sensor_exists(self) -> EquipmentType:
