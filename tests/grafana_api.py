@@ -11,6 +11,7 @@ from Grafana's published HTTP API reference (legacy ``/api`` routes, served by G
 - Annotations API: ``GET /api/annotations?from=&to=&tags=&limit=`` (epoch ms, every tag must match),
   ``POST /api/annotations`` with ``{time, timeEnd?, tags, text, dashboardUID?, panelId?}``
   (epoch milliseconds); ``PATCH /api/annotations/:id`` with any of ``{time, timeEnd, tags, text}``
+  (a field at its zero value is left as it was; a tags list, even an empty one, replaces the tags)
 """
 
 from __future__ import annotations
@@ -187,7 +188,16 @@ class GrafanaRecorder:
             if problems:
                 self.problems += [f"{where}: {p}" for p in problems]
                 return 400, {"message": "; ".join(problems)}
-            self.annotations[ann_id].update(body)
+            # Grafana's PATCH keeps what the body leaves at its zero value (null time, empty text), except the
+            # tags: any list given, even an empty one, replaces them.
+            existing = self.annotations[ann_id]
+            if body.get("tags") is not None:
+                existing["tags"] = body["tags"]
+            if body.get("text"):
+                existing["text"] = body["text"]
+            for key in ("time", "timeEnd"):
+                if (body.get(key) or 0) > 0:
+                    existing[key] = body[key]
             return 200, {"message": "Annotation patched"}
         self.problems.append(f"{where}: not an endpoint of Grafana's HTTP API that smartmine should call")
         return 404, {"message": "not found"}
