@@ -10,8 +10,19 @@ For tests and offline scoring::
 and ``Simulation(...).truth()`` for the labelled fault intervals (see docs/simulators.md).
 """
 
-from simulators.engine import Simulation, generate, generate_raw, make_simulation
-from simulators.scenario import Scenario, ScenarioError, available_scenarios, load_scenario
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from simulators.engine import Simulation, generate, generate_raw, make_simulation
+    from simulators.scenario import Scenario, ScenarioError, available_scenarios, load_scenario
+
+# Loaded on first use: the engine pulls in numpy, and every ``smartmine`` command registers this stage's CLI.
+_HOME = {"Simulation": "engine", "generate": "engine", "generate_raw": "engine", "make_simulation": "engine",
+         "Scenario": "scenario", "ScenarioError": "scenario", "available_scenarios": "scenario",
+         "load_scenario": "scenario"}
 
 __all__ = [
     "Scenario",
@@ -23,3 +34,9 @@ __all__ = [
     "load_scenario",
     "make_simulation",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"simulators.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

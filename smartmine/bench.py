@@ -12,6 +12,7 @@ versions and every figure of that run. Everything outside the block's markers is
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.metadata
 import importlib.util
@@ -62,9 +63,32 @@ def available(module_name: str) -> bool:
         return False
 
 
-def _runner(module_name: str) -> Any:
+def _summary(module_name: str) -> str:
+    """First line of a benchmark module's docstring, read from its source: importing every benchmark (numpy,
+    pandas...) would slow down every ``smartmine`` command, not only ``bench``."""
+    spec = importlib.util.find_spec(module_name)
+    try:
+        assert spec is not None and spec.origin is not None
+        doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")))
+    except (AssertionError, OSError, SyntaxError):
+        doc = None
+    return (doc or module_name).strip().splitlines()[0]
+
+
+def _parser(name: str, module: Any) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"smartmine bench {name}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    module.add_arguments(parser)
+    return parser
+
+
+def _runner(name: str, module_name: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        result = importlib.import_module(module_name).run(args)
+        module = importlib.import_module(module_name)
+        # The benchmark's own options are parsed here, once its module (and what it imports) is loaded.
+        args = _parser(name, module).parse_args(args.bench_args)
+        result = module.run(args)
         if getattr(args, "json", False):
             json.dump(result, sys.stdout, indent=2, default=str)
             sys.stdout.write("\n")
@@ -81,11 +105,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, module_name in BENCHMARKS.items():
         if not available(module_name):
             continue  # that stage's benchmark is not built yet
-        module = importlib.import_module(module_name)
-        p = bsub.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
-        p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-        module.add_arguments(p)
-        p.set_defaults(func=_runner(module_name))
+        summary = _summary(module_name)
+        p = bsub.add_parser(name, help=summary, add_help=False, usage=f"smartmine bench {name} [--json] [options]",
+                            description=f"{summary} `smartmine bench {name} --help` lists its options.")
+        # Its options are left unparsed here (smartmine.cli hands them over as ``bench_args``) and parsed by
+        # the benchmark's own parser once the command is known to be this benchmark.
+        p.set_defaults(func=_runner(name, module_name), bench_args=[])
     every = bsub.add_parser("all", help="run every benchmark and rewrite docs/benchmarks.md with the figures",
                             description="Run every registered benchmark with its defaults, one process each, and "
                                         "write the machine, the versions and every figure to docs/benchmarks.md.")
@@ -285,8 +310,7 @@ def _main(argv: Sequence[str]) -> int:
         print("usage: python -m smartmine.bench MODULE [ARGS...]", file=sys.stderr)
         return 2
     module = importlib.import_module(argv[0])
-    parser = argparse.ArgumentParser(prog=f"smartmine bench ({argv[0]})")
-    module.add_arguments(parser)
+    parser = _parser(f"({argv[0]})", module)
     result = module.run(parser.parse_args(list(argv[1:])))
     json.dump(result, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

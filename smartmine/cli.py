@@ -170,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "bench_args"):  # only a benchmark parses its own options (smartmine.bench)
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.bench_args = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from smartmine.errors import USER_ERRORS

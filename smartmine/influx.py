@@ -16,14 +16,23 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import urllib3
-from influxdb_client.client.write.point import Point
 
 from smartmine.config import Settings
 
 if TYPE_CHECKING:  # pandas costs ~1 s to import; only the query helpers need it, so it loads there
     import pandas as pd
+    from influxdb_client.client.write.point import Point
 
 __all__ = ["InfluxClient", "InfluxError", "PartialWriteError", "Point", "quote_ident", "quote_string"]
+
+
+def __getattr__(name: str) -> Any:
+    # influxdb-client's Point (0.2 s to import) loads when first used, not with every ``smartmine`` command.
+    if name == "Point":
+        from influxdb_client.client.write.point import Point
+
+        return Point
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # "partial write: ... dropped=3" / "unable to parse 'line': reason" — the 1.x shapes of a rejected line.
 _UNABLE_TO_PARSE = re.compile(r"unable to parse '((?:[^'\\]|\\.)*)': ([^\n]*?)(?=(?:\s+unable to parse)|$)")
