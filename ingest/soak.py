@@ -39,6 +39,8 @@ from smartmine.wire import encode_telemetry, topic
 PREFIX = "soak"
 DB = "soak"
 PROBE_EQUIPMENT = "gas_face_1203"
+# Messages published but not yet acknowledged by the broker, at most (well inside paho's 65,535 message ids).
+MAX_OUTSTANDING = 10_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +101,13 @@ class Load:
         next_at = time.monotonic()
         last = None
         while not self._stop.is_set():
+            # Back-pressure: paho numbers QoS 1 messages with 16-bit ids and keeps unacknowledged ones in a dict
+            # keyed by that id, so with more than 65,535 outstanding a new message replaces an old one that was
+            # never sent. When the broker (or this process, starved of CPU) falls behind, publish slower instead:
+            # the achieved rate is reported beside the target.
+            while self.published - self.acked > MAX_OUTSTANDING and not self._stop.is_set():
+                time.sleep(0.005)
+                next_at = time.monotonic()
             for _ in range(batch):
                 eq = self.equipment[self.published % len(self.equipment)]
                 seq = self.seqs[eq.id]
