@@ -73,6 +73,7 @@ class Load:
     start_ts: datetime
     published: int = 0
     acked: int = 0
+    refused: int = 0
     seqs: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,21 +102,25 @@ class Load:
         next_at = time.monotonic()
         last = None
         while not self._stop.is_set():
-            # Back-pressure: paho numbers QoS 1 messages with 16-bit ids and keeps unacknowledged ones in a dict
-            # keyed by that id, so with more than 65,535 outstanding a new message replaces an old one that was
-            # never sent. When the broker (or this process, starved of CPU) falls behind, publish slower instead:
-            # the achieved rate is reported beside the target.
+            # Back-pressure: paho numbers QoS 1 messages with 16-bit ids, so with 65,535 unacknowledged a new
+            # message finds its id taken and is refused (MQTT_ERR_QUEUE_SIZE), never sent. When the broker (or
+            # this process, starved of CPU) falls behind, publish slower instead: the achieved rate is reported
+            # beside the target.
             while self.published - self.acked > MAX_OUTSTANDING and not self._stop.is_set():
                 time.sleep(0.005)
                 next_at = time.monotonic()
             for _ in range(batch):
-                eq = self.equipment[self.published % len(self.equipment)]
+                eq = self.equipment[(self.published + self.refused) % len(self.equipment)]
                 seq = self.seqs[eq.id]
-                self.seqs[eq.id] = seq + 1
                 # 10 ms apart per publisher: distinct points at any rate this machine reaches.
                 ts = self.start_ts + timedelta(milliseconds=10 * seq)
-                last = self.client.publish(self._topics[eq.id], encode_telemetry(ts, seq, self._readings[eq.id]),
+                info = self.client.publish(self._topics[eq.id], encode_telemetry(ts, seq, self._readings[eq.id]),
                                            qos=1)
+                if info.rc:  # refused by paho (no connection, no free message id): not sent, not counted
+                    self.refused += 1
+                    continue
+                last = info
+                self.seqs[eq.id] = seq + 1
                 self.published += 1
             if interval:
                 next_at += interval
@@ -304,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_flat": bool(lat_last <= 1.5 * lat_first + 0.05),
         "probe_timeouts": sum(1 for s in samples if s.latency_s is None),
         "published": load.published + probe.seq,
+        "publisher_refused": load.refused,
         "lost": expected - stored,
     }
 
