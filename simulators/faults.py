@@ -81,6 +81,10 @@ class Fault:
     def elapsed_s(self, tick: int, dt_s: float) -> float:
         return (tick - self.start_tick) * dt_s
 
+    def ramp(self, tick: int, dt_s: float, ramp_s: float) -> float:
+        """0 to 1 over the first ``ramp_s`` seconds of the fault, then 1 (a fault that sets in over time)."""
+        return min(1.0, self.elapsed_s(tick, dt_s) / ramp_s) if ramp_s > 0 else 1.0
+
     @classmethod
     def resolved_params(cls, params: Any, sensors: dict[str, ResolvedSensor], main: str | None) -> dict[str, Any]:
         """The parameters as they act on this equipment: defaults derived from the catalog filled in."""
@@ -189,7 +193,7 @@ class VentilationFailure(ProcessFault):
 
     def act(self, t: Target, tick: int, dt_s: float) -> None:
         p: VentilationParams = self.params
-        ramp = min(1.0, self.elapsed_s(tick, dt_s) / p.ramp_s) if p.ramp_s > 0 else 1.0
+        ramp = self.ramp(tick, dt_s, p.ramp_s)
         t.group.faults.mult[t.device, t.main] *= 1.0 - ramp * (1.0 - p.air_volume_fraction)
 
 
@@ -272,7 +276,7 @@ class BeltSlip(ProcessFault):
 
     def act(self, t: Target, tick: int, dt_s: float) -> None:
         p: SlipParams = self.params
-        ramp = min(1.0, self.elapsed_s(tick, dt_s) / p.ramp_s) if p.ramp_s > 0 else 1.0
+        ramp = self.ramp(tick, dt_s, p.ramp_s)
         f = t.group.faults
         f.mult[t.device, t.main] *= 1.0 - ramp * p.slip
         if "motor_current_a" in t.sensors:
@@ -292,7 +296,7 @@ class Overload(ProcessFault):
 
     def act(self, t: Target, tick: int, dt_s: float) -> None:
         p: OverloadParams = self.params
-        ramp = min(1.0, self.elapsed_s(tick, dt_s) / p.ramp_s) if p.ramp_s > 0 else 1.0
+        ramp = self.ramp(tick, dt_s, p.ramp_s)
         top = p.factor * t.catalog["main"].spec.normal[1]
         t.group.faults.add[t.device, t.main] += ramp * max(0.0, top - self.baseline[t.device][t.main])
 
@@ -349,7 +353,7 @@ class CoolingWaterLeak(ProcessFault):
 
     def act(self, t: Target, tick: int, dt_s: float) -> None:
         p: LeakParams = self.params
-        ramp = min(1.0, self.elapsed_s(tick, dt_s) / p.ramp_s) if p.ramp_s > 0 else 1.0
+        ramp = self.ramp(tick, dt_s, p.ramp_s)
         f = t.group.faults
         f.mult[t.device, t.main] *= 1.0 - ramp * p.flow_loss
         if "cooling_water_delta_t_k" in t.sensors:
