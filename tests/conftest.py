@@ -35,27 +35,12 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
     server.stop()
 
 
-@pytest.fixture
-def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    started: list[Mosquitto] = []
+def _started(service: Callable[..., Any], folder: Path) -> Iterator[Callable[..., Any]]:
+    """A factory of services for one test (each in its own folder under ``folder``), all stopped after it."""
+    started: list[Any] = []
 
-    def make(**kwargs: Any) -> Mosquitto:
-        broker = Mosquitto(tmp_path / f"mosquitto{len(started)}", **kwargs)
-        broker.start()
-        started.append(broker)
-        return broker
-
-    yield make
-    for broker in started:
-        broker.stop()
-
-
-@pytest.fixture
-def influxd_factory(tmp_path: Path) -> Iterator[Callable[..., Influxd]]:
-    started: list[Influxd] = []
-
-    def make(**kwargs: Any) -> Influxd:
-        server = Influxd(tmp_path / f"influxd{len(started)}", **kwargs)
+    def make(**kwargs: Any) -> Any:
+        server = service(folder / f"{service.__name__.lower()}{len(started)}", **kwargs)
         server.start()
         started.append(server)
         return server
@@ -63,6 +48,16 @@ def influxd_factory(tmp_path: Path) -> Iterator[Callable[..., Influxd]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    yield from _started(Mosquitto, tmp_path)
+
+
+@pytest.fixture
+def influxd_factory(tmp_path: Path) -> Iterator[Callable[..., Influxd]]:
+    yield from _started(Influxd, tmp_path)
 
 
 @pytest.fixture
