@@ -190,7 +190,7 @@ class EquipmentScorer:
         if eq.redundant_with:
             neighbour = eq.redundant_with[0]
             for sid, ctx in self.contexts.items():
-                if ctx.kind == "gauge":
+                if ctx.kind == "gauge" and eq.sensors[sid].spec.local is None:  # a twin reads the same
                     d = RedundantDrift(ctx, neighbour, window=samples(cfg.window_s * 2.5, ctx.sample_period_s, 8),
                                        hop=samples(cfg.hop_s, ctx.sample_period_s, 1), share=cfg.drift_threshold,
                                        severity=cfg.statistical_severity)

@@ -373,6 +373,9 @@ def test_drift_against_the_redundant_return_airway_sensor_in_the_stream() -> Non
         fired += [t for t in out if t.episode.rule == "health:drift:ch4_pct" and t.kind == "firing"]
     assert len(fired) == 1 and 300 < (fired[0].ts - T0) // 1_000_000_000 < 500
     assert "redundant neighbour gas_return_1203" in fired[0].message
+    twin = plant.scorer("yanshan_mine", "gas_return_1203_b")
+    assert twin is not None and {"ch4_pct", "co_ppm"} <= set(twin.drift)
+    assert not {"dust_mg_m3", "wind_speed_m_s"} & set(twin.drift), "local readings: twins need not agree"
 
 
 def test_seasonal_baseline_knows_the_night_shift_from_a_fault() -> None:
