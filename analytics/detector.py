@@ -87,7 +87,9 @@ class SensorContext:
     normal: tuple[float, float] | None = None
     physical: tuple[float, float] | None = None
     limits: tuple[Limit, ...] = ()
-    set_point: bool = False  # a manipulated variable (catalog ``set_by``): its level is someone's choice
+    # False for a set point (catalog ``set_by``) or a level that integrates flows (``integrates``): its level
+    # is someone's choice or the phase of a fill-and-empty cycle, not news
+    level_statistics: bool = True
 
     @classmethod
     def from_catalog(cls, eq: ResolvedEquipment, sensor: str, language: str = "en") -> SensorContext:
@@ -95,7 +97,7 @@ class SensorContext:
         return cls(site=eq.site, area=eq.area, equipment=eq.id, equipment_name=eq.name.get(language),
                    sensor=sensor, sensor_name=s.spec.name.get(language), unit=s.unit, kind=s.spec.kind,
                    sample_period_s=s.spec.sample_period_s, normal=s.spec.normal, physical=s.spec.physical,
-                   limits=s.limits, set_point=s.spec.set_by is not None)
+                   limits=s.limits, level_statistics=s.spec.set_by is None and s.spec.integrates is None)
 
     @property
     def where(self) -> str:

@@ -6,7 +6,8 @@ detectors are plugins). Per sensor, from its catalog entry:
 - every catalog limit -> a :class:`LimitRule` and an :class:`EarlyWarning` (gauges)
 - gauges -> robust median/MAD, EWMA chart, the shift/daily seasonal baseline, stuck and spike detection, and the
   CUSUM when ``cusum_enabled`` (off by default: see the setting); a set point (catalog ``set_by``: the
-  oxygen flow of a blow, a mill's speed) gets no level statistics, only stuck detection
+  oxygen flow of a blow, a mill's speed) and a level that integrates flows (``integrates``: a sump) get
+  no level statistics
 - counters -> counter-decrease; every sensor -> dropout, thinning data (missing readings), and
   out-of-physical-range when it has one
 - state sensors (on/off) -> only their limits
@@ -64,7 +65,7 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
         dets += [EarlyWarning(ctx, lim, window=early_window, hop=early_hop, horizon_s=cfg.early_horizon_s,
                               min_t=cfg.early_min_t, severity=stat_sev) for lim in ctx.limits]
         novelty = samples(cfg.novelty_s, period, 0)
-        if not ctx.set_point:  # a set point's level is someone's choice, not news
+        if ctx.level_statistics:  # not for a set point, nor for a sump filling and emptying
             dets += [
                 RobustZ(ctx, window=window, hop=hop, threshold=cfg.mad_threshold, severity=stat_sev,
                         novelty=novelty),

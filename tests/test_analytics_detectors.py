@@ -428,6 +428,9 @@ def test_a_pump_starting_and_stopping_is_not_an_anomaly_but_a_fault_while_runnin
     batch = EquipmentScorer(pump, cfg).run(frame)
     level_rules = {t.episode.rule for t in batch if t.kind == "firing" and t.episode.detector in ("mad", "ewma")}
     assert level_rules == {"mad:vibration_mm_s", "ewma:vibration_mm_s"}, "only the bearing fault, not the starts"
+    sump = {d.rule for d in EquipmentScorer(pump, cfg).detectors["sump_level_m"]}
+    assert {"limit:sump_high", "early:sump_high"} <= sump and not {d.split(":")[0] for d in sump} & STATE_DRIVEN, \
+        "a sump fills and empties by design: its limit and the trend to it watch it, not its level's past"
     first = min(t.ts for t in batch if t.kind == "firing" and t.episode.rule == "mad:vibration_mm_s")
     assert (first - T0) // 1_000_000_000 == 75 * 60
 

@@ -95,6 +95,10 @@ class SensorType(_Strict):
     # someone moved it, so analytics does not score its level against its past (limits and sensor health
     # still watch it). None: a measured process value.
     set_by: str | None = None
+    # A level that integrates flows (a sump fills with the inflow and empties with the pumps): what it
+    # integrates. It rises and falls with the duty cycle by design, so its level is not scored against its
+    # past either; its limits and the trend towards them (early warning) watch it.
+    integrates: str | None = None
     # A reading that differs from place to place within one airway or vessel (dust settles, the air speed
     # depends on where in the section it is taken): why. Two redundant monitors are not expected to agree
     # on it, so analytics does not check its drift against the twin. None: the twin reads the same.
