@@ -6,18 +6,34 @@ known readings, and the unknown ones go to the dead letter. A value outside the 
 range is stored with quality ``out_of_range``: it is evidence of a sensor fault, not noise to drop.
 
 This runs once per message on the MQTT network thread, so the per-topic work (catalog lookups, the
-series prefix, the sensors' ranges) is done once per topic and cached.
+series prefix, the sensors' ranges and encoded field names) is done once per topic and cached, and a
+well-formed message takes a fast path: the C JSON decoder, then one loop over the readings that checks
+each and appends its field. Anything unusual on that path (a type, a missing or extra key, a timestamp not
+in the canonical form or out of bounds, an unknown sensor, a non-finite number...) falls back to the full
+pydantic validation, which names the bad field in the dead letter. Both paths make the same bytes
+(tests/test_ingest_validate.py proves it on hostile payloads).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from smartmine.catalog import Catalog
-from smartmine.schema import series_prefix, telemetry_line
-from smartmine.wire import WireError, parse_telemetry, parse_topic
+from smartmine.schema import (
+    assemble_line,
+    quality_field,
+    series_prefix,
+    telemetry_line,
+    ts_ns,
+    value_field_prefix,
+)
+from smartmine.wire import MAX_READINGS, SCHEMA_VERSION, WireError, parse_telemetry, parse_topic
 
 OUT_OF_RANGE = "out_of_range"
 
@@ -41,6 +57,13 @@ TOO_LARGE_KEPT_BYTES = 4096
 # Distinct topics remembered; a flood of bogus topics must not grow memory without bound.
 _TOPIC_CACHE_MAX = 100_000
 
+# The fast path takes the timestamp form publishers send (``wire.format_ts``: UTC, "Z", up to microseconds);
+# any other RFC 3339 form is left to pydantic. ASCII digits only: ``\d`` would also match other scripts'.
+_CANONICAL_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
+_QUALITIES = ("uncertain", "bad")          # wire qualities besides "good" (smartmine.wire.Quality)
+_SRC_MAX_CHARS = 128                       # smartmine.wire.TelemetryPayload.src
+_SEQ_END = 2**63
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
@@ -51,12 +74,23 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
+class _Field:
+    """One sensor of a topic, ready for the fast path: its encoded field names and its physical range."""
+
+    value: str                                   # "<sensor>=", followed by repr(value)
+    low: float
+    high: float
+    quality: dict[str, str]                      # quality -> ',<sensor>_quality="<quality>"' (not "good")
+
+
+@dataclass(frozen=True, slots=True)
 class _Target:
     """What the catalog says about one telemetry topic, resolved once."""
 
     prefix: str                                  # line-protocol series key
     ranges: dict[str, tuple[float, float]]       # sensor -> physical range
     where: str                                   # "site/equipment", for messages
+    fields: dict[str, _Field]                    # sensor -> fast-path table (sensors the encoder accepts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +108,9 @@ class Validator:
     """Turns (topic, payload) into a line of line protocol or a rejection. Not thread-safe (one per consumer)."""
 
     def __init__(self, catalog: Catalog, prefix: str, *, max_sample_age_s: float, max_clock_skew_s: float,
-                 max_payload_bytes: int = 262_144) -> None:
+                 max_payload_bytes: int = 262_144, fast_path: bool = True) -> None:
         self.catalog = catalog
+        self.fast_path = fast_path  # False: every message through pydantic (the reference the tests compare to)
         self.max_payload_bytes = max_payload_bytes
         self.prefix = prefix
         self.max_sample_age_s = max_sample_age_s
@@ -106,7 +141,16 @@ class Validator:
             return Rejection(AREA_MISMATCH, f"equipment {t.site}/{t.equipment} is in area {eq.area!r}, "
                                             f"the topic says {t.area!r}")
         ranges = {sid: (float(s.spec.physical[0]), float(s.spec.physical[1])) for sid, s in eq.sensors.items()}
-        return _Target(series_prefix(eq.type, t.site, t.area, t.equipment), ranges, f"{t.site}/{t.equipment}")
+        fields = {}
+        for sid, (low, high) in ranges.items():
+            try:
+                value = value_field_prefix(sid)
+            except WireError:
+                continue  # a name the encoder refuses: its messages take the slow path and get its reason
+            fields[sid] = _Field(value, max(low, -sys.float_info.max), min(high, sys.float_info.max),
+                                 {q: "," + quality_field(sid, q) for q in (*_QUALITIES, OUT_OF_RANGE)})
+        return _Target(series_prefix(eq.type, t.site, t.area, t.equipment), ranges, f"{t.site}/{t.equipment}",
+                       fields)
 
     def check(self, topic: str, payload: bytes, now: float) -> Checked:
         """Validate one message received at ``now`` (seconds since the epoch)."""
@@ -118,6 +162,10 @@ class Validator:
             return Checked(None, rejection=Rejection(
                 PAYLOAD_TOO_LARGE, f"payload of {len(payload)} bytes is over the limit of {self.max_payload_bytes} "
                                    "bytes (SMARTMINE_INGEST__MAX_PAYLOAD_BYTES)"))
+        if self.fast_path:
+            fast = self._fast(target, payload, now)
+            if fast is not None:
+                return fast
         try:
             sample = parse_telemetry(payload)
         except WireError as exc:
@@ -156,6 +204,86 @@ class Validator:
         except WireError as exc:  # the encoder's last line of defence (a reserved or non-id sensor name)
             return Checked(None, rejection=Rejection(INVALID_PAYLOAD, str(exc)))
         return Checked(line, len(readings), out_of_range, sample_ts, rejection)
+
+    def _fast(self, target: _Target, payload: bytes, now: float) -> Checked | None:
+        """The common well-formed message in one pass, or None: then :meth:`check` validates it fully.
+
+        Accepts only what ``parse_telemetry`` accepts and encodes it as ``telemetry_line`` does, byte for
+        byte; every doubt returns None. Types are checked with ``type(x) is``, so a bool is not an int.
+        """
+        try:
+            # Decoded here: json.loads(bytes) would also take UTF-16 and UTF-32, which the wire format is not.
+            # Objects as their (key, value) pairs: a repeated key, which pydantic validates in every
+            # occurrence and the dict would hide, must go to the slow path.
+            pairs = json.loads(payload.decode(), object_pairs_hook=_Pairs)
+        except (ValueError, RecursionError):  # not UTF-8 or not JSON: the slow path says where
+            return None
+        if type(pairs) is not _Pairs:
+            return None
+        body = dict(pairs)
+        version = body.get("v")
+        ts = body.get("ts")
+        seq = body.get("seq")
+        readings = body.get("readings")
+        if len(body) != 4 or len(pairs) != 4:
+            src = body.get("src")
+            if len(body) != 5 or len(pairs) != 5 or "src" not in body or (
+                    src is not None and not (type(src) is str and 0 < len(src) <= _SRC_MAX_CHARS and src.isascii())):
+                return None
+        if (type(version) is not int or version != SCHEMA_VERSION or type(seq) is not int
+                or not 0 <= seq < _SEQ_END or type(ts) is not str or not _CANONICAL_TS.fullmatch(ts)
+                or type(readings) is not _Pairs or not 0 < len(readings) <= MAX_READINGS
+                or len(dict(readings)) != len(readings)):
+            return None
+        try:
+            when = datetime.fromisoformat(ts)
+        except ValueError:  # a day or hour out of range
+            return None
+        sample_ts = when.timestamp()
+        if not now - self.max_sample_age_s <= sample_ts <= now + self.max_clock_skew_s:
+            return None
+        table = target.fields
+        parts: list[str] = []
+        append = parts.append
+        out_of_range = 0
+        value: Any
+        for sensor, reading in readings:
+            f = table.get(sensor)
+            if f is None:
+                return None
+            if type(reading) is float:
+                value = reading
+                quality = None
+            elif type(reading) is _Pairs and 0 < len(reading) <= 2:
+                r = dict(reading)
+                value = r.get("value")
+                q = r.get("quality", "good")
+                if type(value) is not float or len(r) != len(reading) or len(r) != 1 + ("quality" in r):
+                    return None
+                if q == "good":
+                    quality = None
+                elif q in _QUALITIES:
+                    quality = f.quality[q]
+                else:
+                    return None
+            else:
+                return None  # an int (pydantic converts it), a bool, a string...: the slow path decides
+            if f.low <= value <= f.high:  # the bounds are finite, so NaN and infinities fail here
+                append(f.value + repr(value) if quality is None else f.value + repr(value) + quality)
+            elif value - value == 0.0:    # finite, out of the physical range: stored, flagged
+                append(f.value + repr(value) + f.quality[OUT_OF_RANGE])
+                out_of_range += 1
+            else:
+                return None
+        return Checked(assemble_line(target.prefix, parts, seq, ts_ns(when)), len(readings), out_of_range,
+                       sample_ts)
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as the fast path decodes it: its (key, value) pairs in order, repeats kept.
+
+    Its own type, so that a JSON array (a plain list) is never mistaken for an object.
+    """
 
 
 def _iso(ts: datetime) -> str:

@@ -66,6 +66,30 @@ def _quality_field(quality: str) -> str:
     return f'"{_require_id("quality", quality)}"'
 
 
+@lru_cache(maxsize=8192)
+def value_field_prefix(sensor: str) -> str:
+    """``<sensor>=``: a reading's field is this followed by ``repr(float(value))``.
+
+    Refuses what :func:`telemetry_line` refuses (a non-id or reserved sensor name), with the same error.
+    """
+    return f"{_field_key(sensor)}="
+
+
+@lru_cache(maxsize=8192)
+def quality_field(sensor: str, quality: str) -> str:
+    """``<sensor>_quality="<quality>"``: written after a reading whose quality is not ``good``."""
+    return f"{_field_key(sensor)}{QUALITY_SUFFIX}={_quality_field(quality)}"
+
+
+def assemble_line(prefix: str, fields: list[str], seq: int, timestamp_ns: int) -> str:
+    """The line of :func:`telemetry_line` from its readings' fields, encoded in their order.
+
+    Appends the ``seq`` field to ``fields`` (the caller's list, built for this line only).
+    """
+    fields.append(f"{SEQ_FIELD}={int(seq)}i")
+    return f"{prefix} {','.join(fields)} {timestamp_ns}"
+
+
 def ts_ns(ts: datetime) -> int:
     """Nanoseconds since the epoch, exact for microsecond datetimes (no float rounding)."""
     delta = ts - _EPOCH
@@ -80,15 +104,14 @@ def telemetry_line(prefix: str, ts: datetime, seq: int, readings: Mapping[str, t
     """
     fields = []
     for sensor, (value, quality) in readings.items():
-        key = _field_key(sensor)
+        key = value_field_prefix(sensor)
         number = float(value)
         if not math.isfinite(number):
             raise WireError(f"readings.{sensor}: {value} is not a finite number")
-        fields.append(f"{key}={number!r}")
+        fields.append(f"{key}{number!r}")
         if quality != "good":
-            fields.append(f"{key}{QUALITY_SUFFIX}={_quality_field(quality)}")
-    fields.append(f"{SEQ_FIELD}={int(seq)}i")
-    return f"{prefix} {','.join(fields)} {ts_ns(ts)}"
+            fields.append(quality_field(sensor, quality))
+    return assemble_line(prefix, fields, seq, ts_ns(ts))
 
 
 # ---------------------------------------------------------------------------------------------- database

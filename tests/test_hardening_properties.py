@@ -18,13 +18,14 @@ import json
 import math
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from ingest.validate import Rejection
 from smartmine.influx import InfluxClient
 from smartmine.schema import series_prefix, telemetry_line
 from smartmine.services import Influxd
@@ -312,3 +313,140 @@ def test_offsets_are_normalised_to_utc() -> None:
     p = parse_telemetry('{"v":1,"ts":"2026-11-27T16:00:00.250+08:00","seq":1,"readings":{"ch4_pct":0.4}}')
     assert p.ts == datetime(2026, 11, 27, 8, 0, 0, 250000, tzinfo=UTC)
     assert p.ts.tzinfo is not None and p.ts.utcoffset() == UTC.utcoffset(None)
+
+
+# --------------------------------------------------------------------------------- ingest: fast path = full path
+# Ingest validates a well-formed message in one pass (ingest.validate.Validator._fast) and leaves anything
+# unusual to the full pydantic validation. The promise: the outcome (line bytes, counts, dead-letter reason
+# and detail) is the same whichever path a message takes. The payloads are built as JSON text from
+# (key, value) pairs, so they can repeat a key, and are mostly close to valid, so both paths get exercised.
+_NOW = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+
+
+def _ingest_validators() -> tuple[Any, Any, list[tuple[str, dict[str, tuple[float, float]]]]]:
+    from ingest.validate import Validator
+    from smartmine.catalog import load_catalog
+
+    catalog = load_catalog()
+    fast, full = (Validator(catalog, "smartmine", max_sample_age_s=7 * 86_400, max_clock_skew_s=300,
+                            fast_path=flag) for flag in (True, False))
+    targets = []
+    for eq in catalog.all_equipment():
+        ranges = {s: (float(r.spec.physical[0]), float(r.spec.physical[1])) for s, r in eq.sensors.items()}
+        targets.append((topic(eq.site, eq.area, eq.id, "telemetry", "smartmine"), ranges))
+    return fast, full, targets
+
+
+_FAST_VALIDATOR, _FULL_VALIDATOR, _TARGETS = _ingest_validators()
+
+
+def _json_object(pairs: list[tuple[str, str]]) -> str:
+    return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in pairs) + "}"
+
+
+def _maybe(draw: st.DrawFn, hostile: bool, clean: st.SearchStrategy[Any], odd: st.SearchStrategy[Any]) -> Any:
+    """In a hostile message, a third of the parts are odd; in a clean one, none."""
+    return draw(odd if hostile and draw(st.integers(0, 2)) == 0 else clean)
+
+
+@st.composite
+def near_valid_message(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A message to a real equipment's topic: clean (the fast path's business) or with odd parts."""
+    t, ranges = draw(st.sampled_from(_TARGETS))
+    sensors = sorted(ranges)
+    hostile = draw(st.booleans())
+
+    def number(sensor: str) -> st.SearchStrategy[str]:
+        low, high = ranges[sensor]
+        span = max(1.0, high - low)  # a quarter of the range either side: some readings out of range
+        return st.floats(min_value=low - span / 4, max_value=high + span / 4).map(_dump)
+
+    def reading(sensor: str) -> st.SearchStrategy[str]:
+        quality = st.sampled_from([None, "good", "uncertain", "bad"])
+        with_quality = st.builds(
+            lambda v, q: _json_object([("value", v)] + ([("quality", _dump(q))] if q is not None else [])),
+            number(sensor), quality)
+        odd = st.one_of(
+            hostile_number.map(_dump), json_value.map(_dump),
+            st.sampled_from(["true", "null", '"1.5"', "1.5e400", "-0.0", "1E2", "2", "1.50", "-1e-400"]),
+            # decimals a float parser can round wrongly: both paths must read the same double
+            st.from_regex(r"-?[0-9]{1,3}\.[0-9]{15,40}([eE][-+]?[0-9]{1,3})?", fullmatch=True),
+            st.sampled_from(["0.1000000000000000055511151231257827021181583404541015625", "2.2250738585072011e-308",
+                             "9007199254740993.0", "1.7976931348623157e308", "4.9406564584124654e-324"]),
+            st.builds(lambda v, q: _json_object([("value", v), ("quality", _dump(q))]), number(sensor),
+                      st.sampled_from(["out_of_range", "GOOD", "", 1, None])),
+            st.builds(lambda v: _json_object([("value", v), ("quality", '"bad"'), ("extra", "1")]), number(sensor)),
+            st.builds(lambda v: _json_object([("quality", '"bad"'), ("value", v)]), number(sensor)))
+        return st.one_of(number(sensor), number(sensor), with_quality) if not hostile else st.one_of(
+            number(sensor), with_quality, odd)
+
+    known = draw(st.lists(st.sampled_from(sensors), min_size=1, max_size=len(sensors) + 1, unique=not hostile))
+    if hostile and draw(st.integers(0, 2)) == 0:
+        known = known[:-1]  # none at all
+    reading_pairs = [(s, draw(reading(s))) for s in known]
+    if hostile and draw(st.integers(0, 3)) == 0:  # a sensor this equipment does not have, or a hostile name
+        reading_pairs.insert(draw(st.integers(0, len(reading_pairs))),
+                             (draw(st.one_of(valid_id, hostile_text)), draw(number(sensors[0]))))
+    moment = _NOW + _maybe(draw, hostile, st.timedeltas(timedelta(seconds=-600), timedelta(seconds=30)),
+                           st.timedeltas(timedelta(days=-8), timedelta(days=1)))
+    canonical = st.sampled_from(["milliseconds", "seconds", "microseconds", "milliseconds"]).map(
+        lambda spec: moment.isoformat(timespec=spec).replace("+00:00", "Z"))
+    ts = _maybe(draw, hostile, canonical, st.one_of(
+        st.just(moment.astimezone(timezone(timedelta(hours=8))).isoformat()),
+        st.just(moment.isoformat().replace("+00:00", "z").replace("T", " ")),
+        st.just(moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "1Z"),   # nanoseconds: pydantic truncates
+        st.sampled_from(["2026-11-27T24:00:00Z", "2026-02-29T08:00:00Z", "2026-11-27T08:00:60Z",
+                         "\uff12026-11-27T08:00:00Z", "2026-11-27T08:00:00.Z", "2026-11-27T08:00Z"]),
+        timestamps))
+    top = [("v", _maybe(draw, hostile, st.just("1"), st.sampled_from(["1.0", "true", '"1"', "2", "null"]))),
+           ("ts", ts if isinstance(ts, str) and ts.startswith('"') else _dump(ts)),
+           ("seq", _maybe(draw, hostile, seqs.map(str),
+                          st.sampled_from(["-1", str(2**63), "1.0", "true", '"7"', "null"]))),
+           ("readings", _json_object(reading_pairs))]
+    src = _maybe(draw, hostile, st.sampled_from([None, '"sim-1"', '"sim-yanshan_mine-main_fan_1"', "null"]),
+                 st.one_of(hostile_text.map(_dump), st.sampled_from(['""', _dump("x" * 129), _dump("x" * 128),
+                                                                     '"\ud800"', '"甲烷站"', "1"])))
+    if src is not None:
+        top.insert(draw(st.integers(0, len(top))), ("src", src))
+    if hostile and draw(st.integers(0, 3)) == 0:
+        top.insert(draw(st.integers(0, len(top))), (draw(st.sampled_from(["v", "seq", "extra", "readings", "ts"])),
+                                                    draw(json_value.map(_dump))))
+    if hostile and draw(st.integers(0, 5)) == 0:
+        top.pop(draw(st.integers(0, len(top) - 1)))
+    text = _json_object(top)
+    encoding = "utf-8" if not hostile else draw(st.sampled_from(["utf-8"] * 8 + ["utf-16", "utf-8-sig"]))
+    data = text.encode(encoding, "surrogatepass")
+    if hostile and draw(st.integers(0, 9)) == 0:
+        data = draw(st.sampled_from([b" ", b"\n", b"x", b"}", b"\xff", b"[", b"\x00"])) + data
+    return t, data
+
+
+# Repeated keys: JSON allows them, pydantic validates every occurrence, a dict keeps the last one only.
+_BF1 = "smartmine/jinggang_steel/ironmaking/blast_furnace_1/telemetry"
+_HEAD = '{"v":1,"ts":"2026-11-27T08:00:00.000Z","seq":0,'
+_REPEATED_KEYS = [
+    _HEAD + '"readings":{"cooling_water_delta_t_k":true,"cooling_water_delta_t_k":1.5}}',
+    '{"v":"1","v":1,"ts":"2026-11-27T08:00:00.000Z","seq":0,"readings":{"cooling_water_delta_t_k":1.5}}',
+    _HEAD + '"readings":{"cooling_water_delta_t_k":{"value":true,"value":1.5}}}',
+    _HEAD + '"readings":{"cooling_water_delta_t_k":{"value":1.5,"quality":"bad","quality":"good"}}}',
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=near_valid_message())
+@example(message=(_BF1, _REPEATED_KEYS[0].encode()))
+@example(message=(_BF1, _REPEATED_KEYS[1].encode()))
+@example(message=(_BF1, _REPEATED_KEYS[2].encode()))
+@example(message=(_BF1, _REPEATED_KEYS[3].encode()))
+def test_the_ingest_fast_path_gives_exactly_what_the_full_validation_gives(message: tuple[str, bytes]) -> None:
+    t, data = message
+    now = _NOW.timestamp()
+    target = _FAST_VALIDATOR.target(t)
+    assert not isinstance(target, Rejection)
+    took_fast = _FAST_VALIDATOR._fast(target, data, now) is not None
+    got, expected = _FAST_VALIDATOR.check(t, data, now), _FULL_VALIDATOR.check(t, data, now)
+    event("fast path" if took_fast else
+          f"full validation: {expected.rejection.reason if expected.rejection else 'stored'}")
+    assert got == expected
+    if took_fast:
+        assert expected.line is not None and expected.rejection is None
