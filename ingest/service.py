@@ -279,7 +279,8 @@ class IngestService:
         if self._stopping:
             return  # not acknowledged: the broker redelivers it to the next session
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        checked = self._validator.check(msg.topic, payload, time.time())
+        topic = msg.topic  # paho decodes the topic on every access
+        checked = self._validator.check(topic, payload, time.time())
         with self._lock:
             b = self._open
             if b is None or b.epoch != self._epoch:
@@ -290,7 +291,7 @@ class IngestService:
             line = checked.line
             if line is not None:
                 b.lines.append(line)
-                b.origins.append((msg.topic, payload))
+                b.origins.append((topic, payload))
                 b.nbytes += len(line) + 1
                 b.readings += checked.readings
                 b.out_of_range += checked.out_of_range
@@ -299,7 +300,7 @@ class IngestService:
             if checked.rejection is not None:
                 r = checked.rejection
                 kept = payload[:TOO_LARGE_KEPT_BYTES] if r.reason == PAYLOAD_TOO_LARGE else payload
-                b.letters.append(DeadLetter(r.reason, r.detail, msg.topic, kept, time=time.time()))
+                b.letters.append(DeadLetter(r.reason, r.detail, topic, kept, time=time.time()))
             if (len(b.lines) >= self.cfg.batch_size or b.nbytes >= self.cfg.batch_max_bytes
                     or len(b.acks) >= self._max_batch_messages):
                 self._seal_locked()

@@ -16,13 +16,15 @@ pydantic validation, which names the bad field in the dead letter. Both paths ma
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import add, le
 from typing import Any
+
+import orjson
 
 from smartmine.catalog import Catalog
 from smartmine.schema import (
@@ -63,6 +65,7 @@ _CANONICAL_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{
 _QUALITIES = ("uncertain", "bad")          # wire qualities besides "good" (smartmine.wire.Quality)
 _SRC_MAX_CHARS = 128                       # smartmine.wire.TelemetryPayload.src
 _SEQ_END = 2**63
+_FLOATS = {float}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ class _Field:
     """One sensor of a topic, ready for the fast path: its encoded field names and its physical range."""
 
     value: str                                   # "<sensor>=", followed by repr(value)
-    low: float
+    low: float                                   # the physical range, clamped to finite numbers
     high: float
     quality: dict[str, str]                      # quality -> ',<sensor>_quality="<quality>"' (not "good")
 
@@ -90,7 +93,11 @@ class _Target:
     prefix: str                                  # line-protocol series key
     ranges: dict[str, tuple[float, float]]       # sensor -> physical range
     where: str                                   # "site/equipment", for messages
-    fields: dict[str, _Field]                    # sensor -> fast-path table (sensors the encoder accepts)
+    # The fast path's tables, for the sensors the encoder accepts (a reserved name is left to the slow path):
+    fields: dict[str, _Field]                    # sensor -> everything about it, for the per-reading loop
+    value_prefix: dict[str, str]                 # sensor -> "<sensor>=", and the same range, as flat dicts
+    low: dict[str, float]                        # for the loops in C (map over the readings)
+    high: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +154,12 @@ class Validator:
                 value = value_field_prefix(sid)
             except WireError:
                 continue  # a name the encoder refuses: its messages take the slow path and get its reason
+            # Finite bounds: then "low <= value <= high" is also the finiteness check.
             fields[sid] = _Field(value, max(low, -sys.float_info.max), min(high, sys.float_info.max),
                                  {q: "," + quality_field(sid, q) for q in (*_QUALITIES, OUT_OF_RANGE)})
         return _Target(series_prefix(eq.type, t.site, t.area, t.equipment), ranges, f"{t.site}/{t.equipment}",
-                       fields)
+                       fields, {s: f.value for s, f in fields.items()}, {s: f.low for s, f in fields.items()},
+                       {s: f.high for s, f in fields.items()})
 
     def check(self, topic: str, payload: bytes, now: float) -> Checked:
         """Validate one message received at ``now`` (seconds since the epoch)."""
@@ -212,28 +221,29 @@ class Validator:
         byte; every doubt returns None. Types are checked with ``type(x) is``, so a bool is not an int.
         """
         try:
-            # Decoded here: json.loads(bytes) would also take UTF-16 and UTF-32, which the wire format is not.
-            # Objects as their (key, value) pairs: a repeated key, which pydantic validates in every
-            # occurrence and the dict would hide, must go to the slow path.
-            pairs = json.loads(payload.decode(), object_pairs_hook=_Pairs)
-        except (ValueError, RecursionError):  # not UTF-8 or not JSON: the slow path says where
+            # orjson, like pydantic's parser and unlike json.loads, refuses NaN, Infinity, lone surrogates,
+            # a BOM and UTF-16; it parses an integer beyond 64 bits to a float, as pydantic's float does.
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
             return None
-        if type(pairs) is not _Pairs:
+        if type(body) is not dict:
             return None
-        body = dict(pairs)
         version = body.get("v")
         ts = body.get("ts")
         seq = body.get("seq")
         readings = body.get("readings")
-        if len(body) != 4 or len(pairs) != 4:
+        strings = len(body) + 1                  # the JSON strings of the message: its keys and ts so far
+        if len(body) != 4:
             src = body.get("src")
-            if len(body) != 5 or len(pairs) != 5 or "src" not in body or (
-                    src is not None and not (type(src) is str and 0 < len(src) <= _SRC_MAX_CHARS and src.isascii())):
+            if len(body) != 5 or "src" not in body:
                 return None
+            if src is not None:
+                if not (type(src) is str and 0 < len(src) <= _SRC_MAX_CHARS and src.isascii() and '"' not in src):
+                    return None
+                strings += 1
         if (type(version) is not int or version != SCHEMA_VERSION or type(seq) is not int
                 or not 0 <= seq < _SEQ_END or type(ts) is not str or not _CANONICAL_TS.fullmatch(ts)
-                or type(readings) is not _Pairs or not 0 < len(readings) <= MAX_READINGS
-                or len(dict(readings)) != len(readings)):
+                or type(readings) is not dict or not 0 < len(readings) <= MAX_READINGS):
             return None
         try:
             when = datetime.fromisoformat(ts)
@@ -242,23 +252,50 @@ class Validator:
         sample_ts = when.timestamp()
         if not now - self.max_sample_age_s <= sample_ts <= now + self.max_clock_skew_s:
             return None
+        values = list(readings.values())
+        if (readings.keys() <= target.value_prefix.keys() and set(map(type, values)) == _FLOATS
+                and all(map(le, map(target.low.__getitem__, readings), values))
+                and all(map(le, values, map(target.high.__getitem__, readings)))):
+            # Every reading a plain number of a known sensor, in range (so finite): checked and encoded by
+            # loops in C. orjson writes the shortest round-trip digits like repr(), in the same notation
+            # except for exponents (1e-5 vs 1e-05) and below 1e-4 (0.00001 vs 1e-05): then repr() it is.
+            numbers = orjson.dumps(values)
+            texts = (list(map(repr, values)) if b"e" in numbers or b"0.0000" in numbers
+                     else numbers[1:-1].decode().split(","))
+            parts = list(map(add, map(target.value_prefix.__getitem__, readings), texts))
+            out_of_range = 0
+        else:
+            fast = self._fast_readings(target, readings)
+            if fast is None:
+                return None
+            parts, out_of_range, more_strings = fast
+            strings += more_strings
+        # A repeated key, which pydantic validates in every occurrence and a dict hides, shows in the quotes:
+        # no string accepted above holds a quote, so the payload has two per JSON string, repeats included.
+        if payload.count(b'"') != 2 * (strings + len(readings)):
+            return None
+        return Checked(assemble_line(target.prefix, parts, seq, ts_ns(when)), len(readings), out_of_range,
+                       sample_ts)
+
+    @staticmethod
+    def _fast_readings(target: _Target, readings: dict[str, Any]) -> tuple[list[str], int, int] | None:
+        """The fast path's readings with qualities or out of range: (fields, out of range, JSON strings)."""
         table = target.fields
         parts: list[str] = []
         append = parts.append
-        out_of_range = 0
+        out_of_range = strings = 0
         value: Any
-        for sensor, reading in readings:
+        for sensor, reading in readings.items():
             f = table.get(sensor)
             if f is None:
                 return None
             if type(reading) is float:
                 value = reading
                 quality = None
-            elif type(reading) is _Pairs and 0 < len(reading) <= 2:
-                r = dict(reading)
-                value = r.get("value")
-                q = r.get("quality", "good")
-                if type(value) is not float or len(r) != len(reading) or len(r) != 1 + ("quality" in r):
+            elif type(reading) is dict:
+                value = reading.get("value")
+                q = reading.get("quality", "good")
+                if type(value) is not float or len(reading) != 1 + ("quality" in reading):
                     return None
                 if q == "good":
                     quality = None
@@ -266,6 +303,7 @@ class Validator:
                     quality = f.quality[q]
                 else:
                     return None
+                strings += 2 * len(reading) - 1  # its keys, and the quality's value
             else:
                 return None  # an int (pydantic converts it), a bool, a string...: the slow path decides
             if f.low <= value <= f.high:  # the bounds are finite, so NaN and infinities fail here
@@ -275,15 +313,7 @@ class Validator:
                 out_of_range += 1
             else:
                 return None
-        return Checked(assemble_line(target.prefix, parts, seq, ts_ns(when)), len(readings), out_of_range,
-                       sample_ts)
-
-
-class _Pairs(list[tuple[str, Any]]):
-    """A JSON object as the fast path decodes it: its (key, value) pairs in order, repeats kept.
-
-    Its own type, so that a JSON array (a plain list) is never mistaken for an object.
-    """
+        return parts, out_of_range, strings
 
 
 def _iso(ts: datetime) -> str:

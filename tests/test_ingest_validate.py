@@ -91,3 +91,22 @@ def test_out_of_range_quality_and_unknown_sensors_keep_their_meaning(catalog: Ca
     assert mixed == Checked(mixed.line, 1, 0, START.timestamp(), mixed.rejection)
     assert mixed.rejection is not None and mixed.rejection.reason == UNKNOWN_SENSOR
     assert "unicorn_pct" in mixed.rejection.detail and "the other readings were stored" in mixed.rejection.detail
+
+
+def test_tiny_numbers_are_written_as_repr_writes_them(catalog: Catalog) -> None:
+    """The fast path formats numbers with orjson, which writes 1e-05 as 0.00001 and 1.5e-07 as 1.5e-7: it must
+    notice and write them as repr() does, like the full path."""
+    fast, full = _validators(catalog)
+    eq = next(e for e in catalog.all_equipment()
+              if sum(1 for s in e.sensors.values() if s.spec.physical[0] <= 0 < s.spec.physical[1]) >= 2)
+    sensors = [sid for sid, s in eq.sensors.items() if s.spec.physical[0] <= 0 < s.spec.physical[1]][:2]
+    t = topic(eq.site, eq.area, eq.id)
+    now = START.timestamp()
+    for tiny in (1e-05, 1.5e-07, 9.999999999999999e-05, 5e-324, 0.0001, 0.00012, -0.0):
+        payload = encode_telemetry(START, 1, {sensors[0]: tiny, sensors[1]: 0.5})
+        target = fast.target(t)
+        assert not isinstance(target, Rejection)
+        assert fast._fast(target, payload, now) is not None, tiny
+        got = fast.check(t, payload, now)
+        assert got == full.check(t, payload, now)
+        assert got.line is not None and f"{sensors[0]}={tiny!r}," in got.line
