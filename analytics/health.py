@@ -89,6 +89,7 @@ class Spike(Detector):
     """
 
     name = "spike"
+    resume_from = 32
 
     def __init__(self, ctx: SensorContext, *, jump: float = 0.5, severity: str = "warning") -> None:
         super().__init__(ctx)
@@ -110,18 +111,24 @@ class Spike(Detector):
         return ratio_score(size, self.min_jump), (self._level if size > self.min_jump else 0)
 
     def _run(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
-        n = len(x)
-        size = np.zeros(n)
-        value = np.full(n, np.nan)
-        if n > 2:
-            up = x[1:-1] - x[:-2]
-            back = x[1:-1] - x[2:]
-            size[2:] = np.where(up * back > 0, np.minimum(np.abs(up), np.abs(back)), 0.0)
-            value[2:] = x[1:-1]
-        if n > 1:
-            value[1] = x[0]
+        return self._verdicts(x, math.nan, math.nan)
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        v = self._verdicts(x, self.before, self.last)
+        self.before, self.last = (float(x[-2]) if len(x) > 1 else self.last), float(x[-1])
+        self.ev = (float(v.evidence["jump"][-1]), float(v.evidence["spike"][-1]))
+        return v
+
+    def _verdicts(self, x: FloatArray, before: float, last: float) -> Verdicts:
+        """Both array forms: ``before`` and ``last`` are the two readings carried in (NaN: none yet)."""
+        if len(x) == 0:
+            return Verdicts(np.zeros(0), np.zeros(0, dtype=np.int8), {"jump": np.zeros(0), "spike": np.zeros(0)})
+        xs = np.concatenate([[before, last], x])
+        up = xs[1:-1] - xs[:-2]
+        back = xs[1:-1] - xs[2:]
+        size = np.where(up * back > 0, np.minimum(np.abs(up), np.abs(back)), 0.0)  # NaN before two readings: 0
         level = np.where(size > self.min_jump, self._level, 0).astype(np.int8)
-        return Verdicts(ratio_scores(size, self.min_jump), level, {"jump": size, "spike": value})
+        return Verdicts(ratio_scores(size, self.min_jump), level, {"jump": size, "spike": xs[1:-1]})
 
     def evidence(self) -> dict[str, float]:
         return {"jump": self.ev[0], "spike": self.ev[1]}
@@ -194,6 +201,7 @@ class MissingReadings(Detector):
     """
 
     name = "missing"
+    resume_from = 32
 
     def __init__(self, ctx: SensorContext, *, window_s: float = 600.0, share: float = 0.2,
                  max_gap_s: float = 10.0, severity: str = "warning") -> None:
@@ -235,6 +243,27 @@ class MissingReadings(Detector):
         received = (idx - first + 1).astype(np.float64)
         ready = (ts - ts[since]) >= self.window_ns if n else np.zeros(0, dtype=bool)
         missing = np.where(ready, np.maximum(0.0, 1.0 - received / self.expected), 0.0)
+        level = np.where(missing > self.share, self._level, 0).astype(np.int8)
+        return Verdicts(ratio_scores(missing, self.share), level, {"missing_share": missing})
+
+    def _resume(self, ts: np.ndarray, x: FloatArray) -> Verdicts:
+        if (self.prev is not None and ts[0] < self.prev) or (ts[1:] < ts[:-1]).any():
+            return super()._resume(ts, x)  # out of time order: the window arithmetic below needs order
+        n = len(ts)
+        held = np.fromiter(self.times, dtype=np.int64, count=len(self.times))
+        idx = np.arange(n)
+        restart = ts - np.concatenate([[ts[0] if self.prev is None else self.prev], ts[:-1]]) > self.max_gap_ns
+        if self.prev is None:
+            restart[0] = True
+        last = np.maximum.accumulate(np.where(restart, idx, -1))  # -1: the run carried in goes on
+        since = np.where(last >= 0, ts[np.maximum(last, 0)], self.since)
+        times = np.concatenate([held, ts])
+        first = np.maximum(np.searchsorted(times, ts - self.window_ns, side="right"),
+                           np.where(last >= 0, len(held) + last, 0))
+        received = (len(held) + idx - first + 1).astype(np.float64)
+        missing = np.where(ts - since >= self.window_ns, np.maximum(0.0, 1.0 - received / self.expected), 0.0)
+        self.prev, self.since, self.missing = int(ts[-1]), int(since[-1]), float(missing[-1])
+        self.times = deque(times[first[-1]:].tolist())
         level = np.where(missing > self.share, self._level, 0).astype(np.int8)
         return Verdicts(ratio_scores(missing, self.share), level, {"missing_share": missing})
 

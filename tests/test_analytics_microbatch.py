@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_analytics_detectors import DETECTORS, plant_series
+from test_analytics_detectors import DETECTORS, T0, plant_series
 
 from analytics import engine
 from analytics.episodes import Transition
@@ -75,6 +75,28 @@ def test_micro_batches_continue_the_stream_exactly(name: str, series: tuple[np.n
     np.testing.assert_array_equal(got_score, score, err_msg=f"{name}: scores differ")
     for i in np.flatnonzero(level):
         np.testing.assert_equal(got_evidence[i], evidence[i], err_msg=f"{name}: evidence of sample {i} differs")
+
+
+@pytest.mark.parametrize("name", ["missing", "dropout", "spike"])
+@settings(max_examples=40, deadline=None)
+@given(gaps=st.lists(st.sampled_from([1, 1, 1, 2, 5]), min_size=1, max_size=200),
+       silences=st.lists(st.tuples(st.integers(0, 199), st.sampled_from([9, 15, 40])), max_size=3),
+       cuts=st.lists(st.integers(0, 200), max_size=8), vectorised=st.lists(st.booleans(), min_size=1, max_size=5))
+def test_micro_batches_continue_across_long_silences(name: str, gaps: list[int], silences: list[tuple[int, int]],
+                                                      cuts: list[int], vectorised: list[bool]) -> None:
+    """Thinning data and silences longer than the detectors' limits (which restart the missing-readings
+    window) with batch boundaries anywhere."""
+    for at, silence in silences:
+        if at < len(gaps):
+            gaps[at] = silence
+    ts = T0 + np.cumsum(gaps).astype(np.int64) * 1_000_000_000
+    x = 0.4 + 0.3 * (np.arange(len(gaps)) % 7 == 3)  # a spike now and then
+    score, level, evidence = one_at_a_time(name, ts, x)
+    got_score, got_level, got_evidence = in_pieces(name, ts, x, cuts, vectorised)
+    np.testing.assert_array_equal(got_level, level)
+    np.testing.assert_array_equal(got_score, score)
+    for i in np.flatnonzero(level):
+        np.testing.assert_equal(got_evidence[i], evidence[i])
 
 
 # ------------------------------------------------------------------------------------------ the whole job
