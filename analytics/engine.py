@@ -101,10 +101,6 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
 #: A flag of theirs pages only once confirmed (``confirm_s``); limits, early warnings and health at once.
 STATE_DRIVEN = frozenset({"mad", "ewma", "cusum", "seasonal"})
 
-#: Detectors the streaming job runs on every sample as it arrives, never in a micro-batch: a regulatory
-#: limit's alarm comes with the violating sample.
-IMMEDIATE = frozenset({"limit"})
-
 #: A micro-batch with fewer samples of a sensor than its detector's ``resume_from`` is stepped sample by
 #: sample: numpy's cost per call would exceed the work (same answers either way). Tests set a number
 #: here to make every detector take the vectorised path.
@@ -178,9 +174,11 @@ class EquipmentScorer:
         self.tracker = EpisodeTracker()
         self.samples = 0
         self.unknown_sensors: set[str] = set()
-        self.immediate = {sid: rules for sid, dets in self.detectors.items()
-                          if (rules := [d for d in dets if d.name in IMMEDIATE])}
-        self.batched = {sid: [d for d in dets if d.name not in IMMEDIATE] for sid, dets in self.detectors.items()}
+        # The streaming job runs the limit rules on every sample as it arrives, never in a micro-batch: a
+        # regulatory limit's alarm comes with the violating sample.
+        self.limits = {sid: rules for sid, dets in self.detectors.items()
+                       if (rules := [d for d in dets if isinstance(d, LimitRule)])}
+        self.batched = {sid: [d for d in dets if not isinstance(d, LimitRule)] for sid, dets in self.detectors.items()}
         self.vectorise_from = min((d.resume_from for dets in self.batched.values() for d in dets), default=1)
         # Micro-batch of the streaming job: (ts, readings, running gate settled) per sample not yet scored
         # by the batched detectors.
@@ -272,13 +270,31 @@ class EquipmentScorer:
                     out.append(t)
         return out
 
+    def _judge_limits(self, ts: int, readings: Mapping[str, float]) -> list[Transition]:
+        """The limit rules on one sample; a rule with nothing to do (normal, no episode open, the value
+        short of its levels) is not stepped: the same answers, for a fraction of the cost."""
+        out: list[Transition] = []
+        observe = self.tracker.observe
+        open_rules = self.tracker.open
+        for sensor, rules in self.limits.items():
+            x = readings.get(sensor)
+            if x is None:
+                continue
+            for d in rules:
+                if d.idle_at(x) and d.rule not in open_rules:
+                    continue
+                t = observe(d, ts, x)
+                if t is not None:
+                    out.append(t)
+        return out
+
     def ingest(self, ts: int, readings: Mapping[str, float]) -> list[Transition]:
         """Streaming in micro-batches: the limit rules (and PCA) score this sample now; the other detectors
         at the next :meth:`flush`, with the same answers :meth:`step` gives. ``readings`` is kept until
         then and must not change."""
         settled = self.running.step(ts, readings) if self.running is not None else True
         self._note_unknown(readings)
-        out = self._observe(ts, readings, settled, self.immediate)
+        out = self._judge_limits(ts, readings)
         if self.pca is not None:
             self._step_pca(ts, readings, out)
         self.buffered.append((ts, readings, settled))

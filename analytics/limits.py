@@ -40,10 +40,16 @@ class LimitRule(Detector):
         self.alarm = self.sign * limit.alarm if limit.alarm is not None else inf
         self.power_off = self.sign * limit.power_off if limit.power_off is not None else inf
         self.restore = self.sign * limit.restore_level
+        self.set_level = min(self.alarm, self.power_off)  # at or past this a sample alarms (high orientation)
         self.levels = {ALARM: level_of(alarm_severity), POWER_OFF: level_of(power_off_severity)}
         self.state = 0
         # "CMSR-498: coal face / ..." -> "CMSR-498": the message stays one line, the point keeps the source.
         self.citation = limit.source.split(":", 1)[0].strip()
+
+    def idle_at(self, x: float) -> bool:
+        """Whether a sample changes nothing: the rule is normal and ``x`` is short of both levels. The
+        streaming job asks first, because almost every sample of a plant is."""
+        return self.state == 0 and self.sign * x < self.set_level
 
     def _raw_state(self, v: float) -> int:
         return POWER_OFF if v >= self.power_off else ALARM if v >= self.alarm else 0
