@@ -201,7 +201,7 @@ class MissingReadings(Detector):
     """
 
     name = "missing"
-    resume_from = 32
+    resume_from = 128
 
     def __init__(self, ctx: SensorContext, *, window_s: float = 600.0, share: float = 0.2,
                  max_gap_s: float = 10.0, severity: str = "warning") -> None:
