@@ -211,6 +211,8 @@ class StreamJob:
         return Transition("cleared", ts, ep, ep.peak, f"{name} publishes again: health:silent cleared")
 
     def run(self, *, duration_s: float | None = None, max_messages: int | None = None) -> JobSummary:
+        import scipy.signal  # noqa: F401  the micro-batches' filters: loaded now, not during the first one (1 s)
+
         from smartmine.influx import InfluxClient
 
         influx = None
