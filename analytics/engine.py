@@ -98,7 +98,8 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
 
 
 #: Level statistics: they compare a reading with the recent level, which a start or stop moves by design.
-#: A flag of theirs pages only once confirmed (``confirm_s``); limits, early warnings and health at once.
+#: A flag of theirs pages only once confirmed (``confirm_s``), as do a spike and a drift; limits, early warnings
+#: and the other health checks page at once.
 STATE_DRIVEN = frozenset({"mad", "ewma", "cusum", "seasonal"})
 
 #: A micro-batch with fewer samples of a sensor than its detector's ``resume_from`` is stepped sample by
@@ -194,6 +195,7 @@ class EquipmentScorer:
                                        hop=samples(cfg.hop_s, ctx.sample_period_s, 1), share=cfg.drift_threshold,
                                        severity=cfg.statistical_severity)
                     d.hold_s = cfg.clear_after_s
+                    d.confirm_s = cfg.confirm_s  # an instrument's drift lasts; a difference at the line flickers
                     self.drift[sid] = d
 
     def _pca(self, language: str) -> PcaMonitor | None:

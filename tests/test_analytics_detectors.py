@@ -370,8 +370,11 @@ def test_drift_against_the_redundant_return_airway_sensor_in_the_stream() -> Non
         drifted = true + (0.0 if i < 300 else 0.0005 * (i - 300))  # the redundant sensor drifts up
         out = plant.step("yanshan_mine", "gas_return_1203_b", ts, {"ch4_pct": drifted})
         assert out is not None
-        fired += [t for t in out if t.episode.rule == "health:drift:ch4_pct" and t.kind == "firing"]
-    assert len(fired) == 1 and 300 < (fired[0].ts - T0) // 1_000_000_000 < 500
+        fired += [t for t in out if t.episode.rule == "health:drift:ch4_pct" and t.kind != "cleared"]
+    assert [(t.kind, t.episode.severity) for t in fired] == [("firing", "info"), ("escalated", "warning")], \
+        "a drift that lasts is confirmed"
+    assert fired[1].ts - fired[0].ts == 60 * 1_000_000_000
+    assert 300 < (fired[0].ts - T0) // 1_000_000_000 < 500
     assert "redundant neighbour gas_return_1203" in fired[0].message
     twin = plant.scorer("yanshan_mine", "gas_return_1203_b")
     assert twin is not None and {"ch4_pct", "co_ppm"} <= set(twin.drift)
