@@ -17,6 +17,11 @@ These count *alarms*: episodes that reached ``warning`` or above (what pages ops
 An episode that stayed ``info`` (a level statistic that did not last ``confirm_s``) is shown on the boards
 but pages nobody; it is neither a false alarm nor a detection there. The same figures over every episode,
 ``info`` included, are reported as ``findings_*`` so the effect of the confirmation is visible.
+- page precision: the same over *pages*, the alarms folded the way the alerts service folds them into one
+  alert (an episode of the same equipment and rule that fires again within ``clear_hold_s + cooldown_s``
+  of the last one's end reopens that alert and pages nobody). A limit that chatters around its restore
+  level is many episodes but one page: counting episodes would let the chatter inside a fault inflate the
+  precision, counting pages does not.
 - limit rules: every sample at or past a catalog limit must lie inside an episode of that limit
   (recall) that started no later than the first violating sample of the excursion (zero delay).
 - early warning: for every limit excursion, whether an ``early:`` warning on the same limit fired before
@@ -38,7 +43,7 @@ import pandas as pd
 from analytics.engine import EquipmentScorer, utc_offset
 from analytics.episodes import Transition
 from smartmine.catalog import Catalog
-from smartmine.config import AnalyticsSettings
+from smartmine.config import AlertsSettings, AnalyticsSettings
 from smartmine.errors import UsageError
 from smartmine.wire import SEVERITY_RANK
 
@@ -165,11 +170,34 @@ def evaluate(frames: dict[tuple[str, str], pd.DataFrame], truth: list[FaultInter
     types = {(eq.site, eq.id): eq.type for eq in catalog.all_equipment()}
     alarms = [replace(e, start=e.alarm) for e in episodes if e.alarm is not None]
     out = _events(alarms, truth, types, grace_s)
+    alerting = AlertsSettings()
+    paged = _events(pages(alarms, alerting.clear_hold_s + alerting.cooldown_s), truth, types, grace_s)
+    out.update({"pages": paged["episodes"], "false_pages": paged["false_alarms"],
+                "page_precision": paged["event_precision"]})
     findings = _events(episodes, truth, types, grace_s)
     out.update({"info_only_episodes": len(episodes) - len(alarms),
                 "findings_recall": findings["event_recall"], "findings": findings["episodes"],
                 "findings_false": findings["false_alarms"], "findings_precision": findings["event_precision"]})
     out.update(_limits_and_early(frames, episodes, catalog))
+    return out
+
+
+def pages(alarms: list[EpisodeRecord], fold_s: float) -> list[EpisodeRecord]:
+    """The alarms as pages: one that starts within ``fold_s`` of the end of the previous alarm of the same
+    equipment and rule extends it instead of paging again."""
+    fold = int(fold_s * 1e9)
+    out: list[EpisodeRecord] = []
+    last: dict[tuple[str, str, str], int] = {}
+    for e in sorted(alarms, key=lambda e: e.start):
+        key = (e.site, e.equipment, e.rule)
+        i = last.get(key)
+        prev_end = out[i].end if i is not None else None
+        if i is not None and (prev_end is None or e.start <= prev_end + fold):
+            end = None if prev_end is None or e.end is None else max(prev_end, e.end)
+            out[i] = replace(out[i], end=end)
+        else:
+            last[key] = len(out)
+            out.append(e)
     return out
 
 

@@ -19,7 +19,7 @@ from analytics.episodes import EpisodeTracker, Transition, batch_transitions
 from analytics.health import CounterDecrease, Dropout, Flatline, MissingReadings, PhysicalRange, Spike
 from analytics.limits import LimitRule
 from analytics.multivariate import PcaMonitor, RedundantDrift
-from analytics.scenario import episodes_of
+from analytics.scenario import EpisodeRecord, episodes_of, pages
 from analytics.seasonal import SeasonalBaseline
 from analytics.statistical import Cusum, EwmaChart, RobustZ
 from smartmine.catalog import Limit, ResolvedEquipment, load_catalog
@@ -541,3 +541,17 @@ def test_bof_heats_are_not_anomalies_but_a_fault_during_a_blow_is() -> None:
         "no alarm at a heat's start or end, nor from one heat's set points to the next"
     key = lambda t: (t.ts, t.kind, t.episode.rule, t.episode.severity, t.message)  # noqa: E731
     assert sorted(map(key, _live(EquipmentScorer(bof, cfg), frame))) == sorted(map(key, batch))
+
+
+def test_a_chattering_limit_is_one_page_as_the_alerts_service_folds_it() -> None:
+    def alarm(equipment: str, start_s: int, end_s: int | None) -> EpisodeRecord:
+        end = None if end_s is None else T0 + end_s * 1_000_000_000
+        return EpisodeRecord("yanshan_mine", equipment, "limit:methane", "limit", T0 + start_s * 1_000_000_000, end,
+                             T0 + start_s * 1_000_000_000)
+
+    chatter = [alarm("gas_return_1203", s, s + 5) for s in range(0, 600, 20)]  # 30 episodes, 15 s apart
+    later = alarm("gas_return_1203", 2000, None)  # long after the fold: a new page, still open
+    other = alarm("gas_upper_corner_1203", 10, 20)  # another monitor: its own page
+    paged = pages([*chatter, later, other], fold_s=330)
+    assert [(p.equipment, (p.start - T0) // 10**9, p.end and (p.end - T0) // 10**9) for p in paged] == [
+        ("gas_return_1203", 0, 585), ("gas_upper_corner_1203", 10, 20), ("gas_return_1203", 2000, None)]
