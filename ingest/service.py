@@ -21,11 +21,13 @@ acknowledge a different, unwritten message.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from paho.mqtt.properties import Properties
 
 from ingest.deadletter import DeadLetter, DeadLetterSink
 from ingest.metrics import IngestMetrics, MetricsServer
+from ingest.mqtt_client import LeanPublishClient
 from ingest.spool import Spool, SpoolFull
 from ingest.validate import PAYLOAD_TOO_LARGE, REJECTED_BY_INFLUXDB, TOO_LARGE_KEPT_BYTES, Validator
 from ingest.writer import BatchWriter, WriteUnavailable, backoff_delays
@@ -91,6 +94,7 @@ class _Batch:
     nbytes: int = 0
     oldest_sample: float = float("inf")
     letters_done: bool = False
+    write: Future[list[tuple[int, str]]] | None = None  # its write to InfluxDB, when started ahead of its turn
 
 
 @dataclass
@@ -121,7 +125,8 @@ class IngestService:
         self._writer = BatchWriter(self._influx, retry_initial_s=cfg.retry_initial_s, retry_max_s=cfg.retry_max_s,
                                    observe=self._observe_write, ensure_database=self._ensure_database)
         self._spool = Spool(spool_dir(settings, self.client_id), cfg.spool_max_mb * 1_000_000)
-        self._client = make_client(settings.mqtt, self.client_id, ca_file=settings.mqtt_ca_file, manual_ack=True)
+        self._client = make_client(settings.mqtt, self.client_id, ca_file=settings.mqtt_ca_file, manual_ack=True,
+                                   client_class=LeanPublishClient)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -130,8 +135,11 @@ class IngestService:
         dl_topic = deadletter_topic(settings)
         self._dead = DeadLetterSink(deadletter_file(settings), self.client_id,
                                     lambda data: self._client.publish(dl_topic, data, qos=1, retain=False))
-        # A batch may hold at most half the in-flight window, so the next one fills while it is written.
-        self._max_batch_messages = max(1, cfg.receive_maximum // 2)
+        # A batch may hold at most a share of the in-flight window, so that the next one fills while
+        # write_concurrency batches are written: otherwise the broker would wait for their acknowledgements.
+        self._max_batch_messages = max(1, cfg.receive_maximum // (cfg.write_concurrency + 1))
+        self._write_pool = (ThreadPoolExecutor(cfg.write_concurrency, f"ingest-write-{self.client_id}")
+                            if cfg.write_concurrency > 1 else None)
 
         self._lock = threading.Lock()        # open batch and sealed queue (network thread <-> writer)
         self._wake = threading.Condition(self._lock)
@@ -194,6 +202,8 @@ class IngestService:
         # DISCONNECT goes out behind the acknowledgements already queued; the session stays on the broker.
         self._client.disconnect()
         self._client.loop_stop()
+        if self._write_pool is not None:
+            self._write_pool.shutdown(wait=True)
         if self._metrics_server:
             self._metrics_server.stop()
         self._influx.close()
@@ -355,13 +365,34 @@ class IngestService:
         return bool(self._spool) and time.monotonic() >= self._influx_retry_at
 
     def _advance(self) -> None:
-        """Make pending batches durable, in order, acknowledging each as soon as it is."""
+        """Make pending batches durable, in order, acknowledging each as soon as it (and all before it) is.
+
+        With ``write_concurrency`` above 1, up to that many batches are written at once (InfluxDB parses
+        concurrent requests on several cores); each is still acknowledged only in arrival order, and a batch
+        whose write failed goes to the spool when its turn comes, as in the one-at-a-time case.
+        """
         while self._pending:
+            self._start_writes()
             b = self._pending[0]
             if not self._make_durable(b):
                 return
             self._pending.popleft()
             self._ack(b)
+            if self._write_pool is not None:
+                # Take what sealed meanwhile, so a write starts as soon as one ends (a sliding window).
+                with self._lock:
+                    batches = list(self._sealed)
+                    self._sealed.clear()
+                self._take(batches)
+
+    def _start_writes(self) -> None:
+        """Start writing the first ``write_concurrency`` pending batches, when writing straight to InfluxDB."""
+        pool = self._write_pool
+        if pool is None or self._spool or time.monotonic() < self._influx_retry_at or not self._db_ready:
+            return
+        for b in itertools.islice(self._pending, self.cfg.write_concurrency):
+            if b.lines and b.write is None:
+                b.write = pool.submit(self._writer.write, b.lines, time.monotonic() + self.cfg.spool_after_s)
 
     def _make_durable(self, b: _Batch) -> bool:
         if not b.letters_done:
@@ -369,11 +400,15 @@ class IngestService:
             b.letters_done = True
         if not b.lines:
             return True
-        if not self._spool and time.monotonic() >= self._influx_retry_at:
+        writing, b.write = b.write, None
+        if writing is not None or (not self._spool and time.monotonic() >= self._influx_retry_at):
             try:
-                if not self._db_ready:
-                    self._ensure_database()
-                rejected = self._writer.write(b.lines, time.monotonic() + self.cfg.spool_after_s)
+                if writing is not None:
+                    rejected = writing.result()
+                else:
+                    if not self._db_ready:
+                        self._ensure_database()
+                    rejected = self._writer.write(b.lines, time.monotonic() + self.cfg.spool_after_s)
             except (WriteUnavailable, InfluxError) as exc:
                 self._influx_down(exc)
             else:

@@ -21,7 +21,7 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import add, le
+from operator import le
 from typing import Any
 
 import orjson
@@ -86,6 +86,24 @@ class _Field:
     quality: dict[str, str]                      # quality -> ',<sensor>_quality="<quality>"' (not "good")
 
 
+@dataclass(slots=True)
+class _Order:
+    """A topic's sensors in the order a publisher sends them: the fast path's tables as lists in that order."""
+
+    low: list[float]
+    high: list[float]
+    fields: list[str]        # "<sensor>=" at even positions (with a leading comma after the first), numbers between
+
+    def join(self, numbers: list[str]) -> str:
+        # One buffer per order, reused: the validator runs on one thread (the MQTT network thread).
+        self.fields[1::2] = numbers
+        return "".join(self.fields)
+
+
+# Orders remembered per topic: a publisher sends one; a flood of shuffled samples must not grow memory.
+_ORDERS_PER_TOPIC = 8
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """What the catalog says about one telemetry topic, resolved once."""
@@ -95,9 +113,19 @@ class _Target:
     where: str                                   # "site/equipment", for messages
     # The fast path's tables, for the sensors the encoder accepts (a reserved name is left to the slow path):
     fields: dict[str, _Field]                    # sensor -> everything about it, for the per-reading loop
-    value_prefix: dict[str, str]                 # sensor -> "<sensor>=", and the same range, as flat dicts
-    low: dict[str, float]                        # for the loops in C (map over the readings)
-    high: dict[str, float]
+    orders: dict[tuple[str, ...], _Order]        # the sensor orders seen on this topic
+
+    def order(self, sensors: tuple[str, ...]) -> _Order | None:
+        """The tables for this order of sensors, or None when one is not a sensor of the topic."""
+        known = self.orders.get(sensors)
+        if known is None and all(s in self.fields for s in sensors):
+            if len(self.orders) >= _ORDERS_PER_TOPIC:
+                self.orders.clear()
+            fields: list[str] = [""] * (2 * len(sensors))
+            fields[0::2] = [("," if i else "") + self.fields[s].value for i, s in enumerate(sensors)]
+            known = self.orders[sensors] = _Order([self.fields[s].low for s in sensors],
+                                                  [self.fields[s].high for s in sensors], fields)
+        return known
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +186,7 @@ class Validator:
             fields[sid] = _Field(value, max(low, -sys.float_info.max), min(high, sys.float_info.max),
                                  {q: "," + quality_field(sid, q) for q in (*_QUALITIES, OUT_OF_RANGE)})
         return _Target(series_prefix(eq.type, t.site, t.area, t.equipment), ranges, f"{t.site}/{t.equipment}",
-                       fields, {s: f.value for s, f in fields.items()}, {s: f.low for s, f in fields.items()},
-                       {s: f.high for s, f in fields.items()})
+                       fields, {})
 
     def check(self, topic: str, payload: bytes, now: float) -> Checked:
         """Validate one message received at ``now`` (seconds since the epoch)."""
@@ -253,32 +280,31 @@ class Validator:
         if not now - self.max_sample_age_s <= sample_ts <= now + self.max_clock_skew_s:
             return None
         values = list(readings.values())
-        if (readings.keys() <= target.value_prefix.keys() and set(map(type, values)) == _FLOATS
-                and all(map(le, map(target.low.__getitem__, readings), values))
-                and all(map(le, values, map(target.high.__getitem__, readings)))):
+        order = target.order(tuple(readings))
+        if (order is not None and set(map(type, values)) == _FLOATS and all(map(le, order.low, values))
+                and all(map(le, values, order.high))):
             # Every reading a plain number of a known sensor, in range (so finite): checked and encoded by
             # loops in C. orjson writes the shortest round-trip digits like repr(), in the same notation
             # except for exponents (1e-5 vs 1e-05) and below 1e-4 (0.00001 vs 1e-05): then repr() it is.
             numbers = orjson.dumps(values)
-            texts = (list(map(repr, values)) if b"e" in numbers or b"0.0000" in numbers
-                     else numbers[1:-1].decode().split(","))
-            parts = list(map(add, map(target.value_prefix.__getitem__, readings), texts))
+            fields = order.join(list(map(repr, values)) if b"e" in numbers or b"0.0000" in numbers
+                                else numbers[1:-1].decode().split(","))
             out_of_range = 0
         else:
             fast = self._fast_readings(target, readings)
             if fast is None:
                 return None
-            parts, out_of_range, more_strings = fast
+            fields, out_of_range, more_strings = fast
             strings += more_strings
         # A repeated key, which pydantic validates in every occurrence and a dict hides, shows in the quotes:
         # no string accepted above holds a quote, so the payload has two per JSON string, repeats included.
         if payload.count(b'"') != 2 * (strings + len(readings)):
             return None
-        return Checked(assemble_line(target.prefix, parts, seq, ts_ns(when)), len(readings), out_of_range,
+        return Checked(assemble_line(target.prefix, fields, seq, ts_ns(when)), len(readings), out_of_range,
                        sample_ts)
 
     @staticmethod
-    def _fast_readings(target: _Target, readings: dict[str, Any]) -> tuple[list[str], int, int] | None:
+    def _fast_readings(target: _Target, readings: dict[str, Any]) -> tuple[str, int, int] | None:
         """The fast path's readings with qualities or out of range: (fields, out of range, JSON strings)."""
         table = target.fields
         parts: list[str] = []
@@ -313,7 +339,7 @@ class Validator:
                 out_of_range += 1
             else:
                 return None
-        return parts, out_of_range, strings
+        return ",".join(parts), out_of_range, strings
 
 
 def _iso(ts: datetime) -> str:

@@ -17,13 +17,14 @@ from smartmine.config import MqttUrl
 
 def make_client(url: MqttUrl, client_id: str = "", *, ca_file: Path | None = None,
                 protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
-                clean_session: bool | None = None, manual_ack: bool = False) -> mqtt.Client:
-    """A configured but not yet connected client (callback API v2)."""
+                clean_session: bool | None = None, manual_ack: bool = False,
+                client_class: type[mqtt.Client] = mqtt.Client) -> mqtt.Client:
+    """A configured but not yet connected client (callback API v2) of ``client_class`` (paho's or a subclass)."""
     kwargs: dict[str, object] = {}
     if protocol != MQTTProtocolVersion.MQTTv5 and clean_session is not None:
         kwargs["clean_session"] = clean_session
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                         manual_ack=manual_ack, **kwargs)  # type: ignore[arg-type]
+    client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                          manual_ack=manual_ack, **kwargs)  # type: ignore[arg-type]
     if url.username:
         client.username_pw_set(url.username, url.password)
     if url.tls:

@@ -81,13 +81,11 @@ def quality_field(sensor: str, quality: str) -> str:
     return f"{_field_key(sensor)}{QUALITY_SUFFIX}={_quality_field(quality)}"
 
 
-def assemble_line(prefix: str, fields: list[str], seq: int, timestamp_ns: int) -> str:
-    """The line of :func:`telemetry_line` from its readings' fields, encoded in their order.
-
-    Appends the ``seq`` field to ``fields`` (the caller's list, built for this line only).
-    """
-    fields.append(f"{SEQ_FIELD}={int(seq)}i")
-    return f"{prefix} {','.join(fields)} {timestamp_ns}"
+def assemble_line(prefix: str, fields: str, seq: int, timestamp_ns: int) -> str:
+    """The line of :func:`telemetry_line` from its readings' fields, encoded and joined by commas in order."""
+    if not fields:
+        return f"{prefix} {SEQ_FIELD}={int(seq)}i {timestamp_ns}"
+    return f"{prefix} {fields},{SEQ_FIELD}={int(seq)}i {timestamp_ns}"
 
 
 def ts_ns(ts: datetime) -> int:
@@ -111,7 +109,7 @@ def telemetry_line(prefix: str, ts: datetime, seq: int, readings: Mapping[str, t
         fields.append(f"{key}{number!r}")
         if quality != "good":
             fields.append(quality_field(sensor, quality))
-    return assemble_line(prefix, fields, seq, ts_ns(ts))
+    return assemble_line(prefix, ",".join(fields), seq, ts_ns(ts))
 
 
 # ---------------------------------------------------------------------------------------------- database
