@@ -316,6 +316,10 @@ class IngestService:
                 self._seal_locked()
                 self._wake.notify()
 
+    def _seal_if_due_locked(self, now: float) -> None:
+        if self._open is not None and (self._stopping or now - self._open.opened >= self.cfg.flush_interval_s):
+            self._seal_locked()
+
     def _seal_locked(self) -> None:
         if self._open is not None and self._open.acks:
             self._sealed.append(self._open)
@@ -328,8 +332,7 @@ class IngestService:
         while True:
             with self._lock:
                 now = time.monotonic()
-                if self._open is not None and (self._stopping or now - self._open.opened >= interval):
-                    self._seal_locked()
+                self._seal_if_due_locked(now)
                 batches = list(self._sealed)
                 self._sealed.clear()
                 stopping = self._stopping
@@ -379,8 +382,10 @@ class IngestService:
             self._pending.popleft()
             self._ack(b)
             if self._write_pool is not None:
-                # Take what sealed meanwhile, so a write starts as soon as one ends (a sliding window).
+                # Take what sealed meanwhile, and the open batch once it is due, so that a write starts as
+                # soon as one ends (a sliding window) and a batch still waits at most flush_interval_s.
                 with self._lock:
+                    self._seal_if_due_locked(time.monotonic())
                     batches = list(self._sealed)
                     self._sealed.clear()
                 self._take(batches)
