@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ingest.metrics import is_healthy
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +253,6 @@ def _rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-            return int(resp.status) == 200
-    except OSError:
-        return False
-
-
 def _wait_stored(client: Any, expected: int, since_ns: int | None, stall_s: float = 60.0) -> float:
     """Poll until ``expected`` points are stored; returns the time.time() it was seen. Gives up on a stall."""
     last, last_change = -1, time.monotonic()
@@ -312,7 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 [sys.executable, "-m", "smartmine.cli", "ingest", "--client-id", f"bench-ingest-{i}",
                  "--metrics-port", str(port)], env=env, stdout=logf, stderr=subprocess.STDOUT))
         for port in ports:
-            wait_for(lambda p=port: _healthy(p), 60, f"ingest worker on :{port}")
+            wait_for(lambda p=port: is_healthy(p), 60, f"ingest worker on :{port}")
         influx = InfluxClient(influxd.url, "bench")
 
         print(f"end to end: {args.messages} messages, {args.workers} ingest worker(s) ...", file=sys.stderr)

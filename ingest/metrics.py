@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -87,3 +88,13 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def is_healthy(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether the ingest service whose metrics server listens on ``port`` answers ``/healthz`` with 200
+    (for whoever starts one and waits for it: the benchmarks, the soak, the tests)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1) as resp:
+            return int(resp.status) == 200
+    except OSError:
+        return False

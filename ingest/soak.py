@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ingest.metrics import is_healthy
 from smartmine.catalog import ResolvedEquipment, load_catalog
 from smartmine.config import parse_mqtt_url
 from smartmine.influx import InfluxClient
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[Sample] = []
     out = args.out.open("w") if args.out else None
     try:
-        wait_for(lambda: _healthy(port), 30, "ingest")
+        wait_for(lambda: is_healthy(port), 30, "ingest")
         # 1. The maximum: publish as fast as the broker takes it, measure what ingest stores per second.
         rate = args.rate
         calibration: dict[str, float] = {}
@@ -312,11 +313,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "publisher_refused": load.refused,
         "lost": expected - stored,
     }
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-            return int(resp.status) == 200
-    except OSError:
-        return False

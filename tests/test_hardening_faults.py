@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from ingest.metrics import is_healthy
 from smartmine.catalog import ResolvedEquipment, load_catalog
 from smartmine.config import Settings, parse_mqtt_url
 from smartmine.influx import InfluxClient
@@ -140,14 +140,6 @@ def wait_caught_up(influx: InfluxClient, target: dict[str, int], since: float, w
                          f"wanted {target}")
 
 
-def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-            return int(resp.status) == 200
-    except OSError:
-        return False
-
-
 def start_ingest(env: dict[str, str], client_id: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "smartmine.cli", "ingest", "--client-id", client_id,
@@ -183,7 +175,7 @@ def test_nothing_lost_through_ingest_crash_broker_restart_and_influxdb_outage(
     ingest = start_ingest(env, client_id, port, log)
     publisher = SteadyPublisher(own, monitors, datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2))
     try:
-        wait_for(lambda: healthy(port), 20, "ingest subscribed")
+        wait_for(lambda: is_healthy(port), 20, "ingest subscribed")
         publisher.start()
         wait_caught_up(influx, {eq.id: 20 for eq in monitors}, time.monotonic(), "start")
 

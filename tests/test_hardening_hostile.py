@@ -19,7 +19,6 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ from hardening_helpers import (
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from ingest.metrics import is_healthy
 from smartmine.catalog import ResolvedEquipment, load_catalog
 from smartmine.influx import Auth, InfluxClient
 from smartmine.mqtt import make_client
@@ -86,14 +86,6 @@ class Pipeline:
         return self.process.poll() is None
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-            return int(resp.status) == 200
-    except OSError:
-        return False
-
-
 def _wait(check: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -138,7 +130,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     p = Pipeline(secure_broker, server, admin, proc, log, d / "data", env, port,
                  [admin_password, writer_password, *secure_broker.passwords.values()])
     try:
-        _wait(lambda: _healthy(port), 30, "ingest connected over TLS and subscribed")
+        _wait(lambda: is_healthy(port), 30, "ingest connected over TLS and subscribed")
         yield p
     finally:
         terminate(proc, 30)

@@ -16,6 +16,7 @@ import pytest
 from ingest_helpers import Publisher, assert_stored_exactly, samples, stored_count, wait_until
 
 from ingest.deadletter import read_dead_letters
+from ingest.metrics import is_healthy
 from ingest.service import IngestService, deadletter_file
 from smartmine.catalog import Catalog, load_catalog
 from smartmine.config import Settings
@@ -188,14 +189,6 @@ def _start_ingest(client_id: str, *extra: str, env: dict[str, str] | None = None
                             env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 def test_sigterm_writes_everything_received_before_exit(settings: Settings, influx: InfluxClient,
                                                         publisher: Publisher, catalog: Catalog) -> None:
     from smartmine.services import free_port
@@ -205,7 +198,7 @@ def test_sigterm_writes_everything_received_before_exit(settings: Settings, infl
     proc = _start_ingest(f"ingest-term-{settings.topic_prefix}", "--metrics-port", str(port),
                          env={"SMARTMINE_INGEST__FLUSH_INTERVAL_S": "3600"})
     try:
-        wait_until(lambda: _healthy(port), 15, "ingest healthy")
+        wait_until(lambda: is_healthy(port), 15, "ingest healthy")
         sent = samples(catalog, 300)
         publisher.publish_samples(sent)
         time.sleep(1.0)
@@ -240,7 +233,7 @@ def test_kill_9_mid_stream_and_restart_loses_nothing_duplicates_nothing(
     port = free_port()
     first = _start_ingest(client_id, "--metrics-port", str(port), log=log)
     try:
-        wait_until(lambda: _healthy(port), 15, "ingest subscribed")
+        wait_until(lambda: is_healthy(port), 15, "ingest subscribed")
         feeder = threading.Thread(target=publish_paced, daemon=True)
         feeder.start()
         wait_until(lambda: stored_count(influx) >= 2000, 30, "ingest writing")
