@@ -90,6 +90,8 @@ class SensorContext:
     # False for a set point (catalog ``set_by``) or a level that integrates flows (``integrates``): its level
     # is someone's choice or the phase of a fill-and-empty cycle, not news
     level_statistics: bool = True
+    # ± the instrument may read off the truth and be in calibration (catalog ``permitted_error``); None: unknown
+    permitted_error: float | None = None
 
     @classmethod
     def from_catalog(cls, eq: ResolvedEquipment, sensor: str, language: str = "en") -> SensorContext:
@@ -97,7 +99,8 @@ class SensorContext:
         return cls(site=eq.site, area=eq.area, equipment=eq.id, equipment_name=eq.name.get(language),
                    sensor=sensor, sensor_name=s.spec.name.get(language), unit=s.unit, kind=s.spec.kind,
                    sample_period_s=s.spec.sample_period_s, normal=s.spec.normal, physical=s.spec.physical,
-                   limits=s.limits, level_statistics=s.spec.set_by is None and s.spec.integrates is None)
+                   limits=s.limits, level_statistics=s.spec.set_by is None and s.spec.integrates is None,
+                   permitted_error=s.spec.permitted_error.value if s.spec.permitted_error is not None else None)
 
     @property
     def where(self) -> str:

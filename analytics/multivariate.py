@@ -175,10 +175,13 @@ class PcaMonitor(Detector):
 
 class RedundantDrift(Detector):
     """Drift against a redundant neighbour: the median difference between two sensors that measure the
-    same air has moved, since the first window, by more than ``share`` of the sensor's normal range.
+    same air has moved, since the first window, by more than the instrument's permitted error (catalog
+    ``permitted_error``: one of the two is then out of calibration), or, where the catalog does not know
+    it, by more than ``share`` of the sensor's normal range.
 
     Two instruments at the same place never read exactly alike (mounting, calibration); that standing
-    offset is what the first window learns. Drift is the offset changing."""
+    offset is what the first window learns. Drift is the offset changing. Within the permitted error it is
+    calibration tolerance, not a fault: a methane sensor may read 0.10 % off (AQ 6203) and pass."""
 
     name = "drift"
 
@@ -189,7 +192,8 @@ class RedundantDrift(Detector):
         self.rule = f"health:drift:{ctx.sensor}"
         self.hop = HopWindow(window, hop)
         span = ctx.span()
-        self.limit = share * span if span > 0 else math.inf
+        self.limit = (ctx.permitted_error if ctx.permitted_error is not None
+                      else share * span if span > 0 else math.inf)
         self._level = level_of(severity)
         self.diffs: deque[float] = deque(maxlen=window)
         self.count = 0

@@ -200,7 +200,8 @@ class AnalyticsSettings(BaseModel):
     missing_share: float = Field(default=0.2, gt=0, lt=1, description="Share of the expected readings missing "
                                  "in that window that flags thinning data")
     drift_threshold: float = Field(default=0.1, gt=0,
-                                   description="Redundant pair: median difference as a share of the normal range")
+                                   description="Redundant pair: how far the median difference may move, as a share "
+                                   "of the normal range, for a sensor whose permitted error the catalog lacks")
     pca_enabled: bool = Field(default=False, description="PCA T²/Q over each equipment's gauges (off: on the "
                               "simulated plant it cried wolf, docs/benchmarks.md)")
     pca_window_s: float = Field(default=600.0, gt=0, description="PCA warm-up / refit window")

@@ -83,6 +83,14 @@ class Limit(_Strict):
         return level
 
 
+class PermittedError(_Strict):
+    """How far an instrument of this kind may read from the truth and still be in calibration (the basic
+    error its product standard permits over the sensor's normal range), and that standard."""
+
+    value: float = Field(gt=0, description="± in the sensor's unit")
+    source: str = Field(min_length=3, description="Standard or data sheet that sets it")
+
+
 class SensorType(_Strict):
     name: DisplayName
     unit: str
@@ -103,6 +111,9 @@ class SensorType(_Strict):
     # depends on where in the section it is taken): why. Two redundant monitors are not expected to agree
     # on it, so analytics does not check its drift against the twin. None: the twin reads the same.
     local: str | None = None
+    # The instrument's permitted error: two redundant monitors whose difference has moved by more than this
+    # have at least one instrument out of calibration. None: analytics falls back to a share of the normal range.
+    permitted_error: PermittedError | None = None
     description: str | None = None
 
     @model_validator(mode="after")
