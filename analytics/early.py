@@ -177,4 +177,4 @@ class EarlyWarning(Detector):
 
 
 def early_warnings(ctx: SensorContext, **params: float) -> list[EarlyWarning]:
-    return [EarlyWarning(ctx, lim, **params) for lim in ctx.limits]  # type: ignore[arg-type]
+    return [EarlyWarning(ctx, lim, **params) for lim in ctx.limits if lim.early_warning]  # type: ignore[arg-type]

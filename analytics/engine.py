@@ -3,7 +3,8 @@
 This is the only place that decides the detector set (Telegraf's agent: the loop is written once, the
 detectors are plugins). Per sensor, from its catalog entry:
 
-- every catalog limit -> a :class:`LimitRule` and an :class:`EarlyWarning` (gauges)
+- every catalog limit -> a :class:`LimitRule`, and an :class:`EarlyWarning` (gauges) unless the limit says
+  ``early_warning: false`` (a load someone sets is not a trend to extrapolate)
 - gauges -> robust median/MAD, EWMA chart, the shift/daily seasonal baseline, stuck and spike detection, and the
   CUSUM when ``cusum_enabled`` (off by default: see the setting); a set point (catalog ``set_by``: the
   oxygen flow of a blow, a mill's speed) and a level that integrates flows (``integrates``: a sump) get
@@ -63,7 +64,7 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
         early_window = samples(cfg.early_window_s, period, 8)
         early_hop = samples(cfg.early_hop_s, period, 1)
         dets += [EarlyWarning(ctx, lim, window=early_window, hop=early_hop, horizon_s=cfg.early_horizon_s,
-                              min_t=cfg.early_min_t, severity=stat_sev) for lim in ctx.limits]
+                              min_t=cfg.early_min_t, severity=stat_sev) for lim in ctx.limits if lim.early_warning]
         novelty = samples(cfg.novelty_s, period, 0)
         if ctx.level_statistics:  # not for a set point, nor for a sump filling and emptying
             dets += [

@@ -25,7 +25,7 @@ but pages nobody; it is neither a false alarm nor a detection there. The same fi
 - limit rules: every sample at or past a catalog limit must lie inside an episode of that limit
   (recall) that started no later than the first violating sample of the excursion (zero delay).
 - early warning: for every limit excursion, whether an ``early:`` warning on the same limit fired before
-  it, and how long before.
+  it, and how long before (limits the catalog marks ``early_warning: false`` are not forecast, not counted).
 """
 
 from __future__ import annotations
@@ -276,8 +276,8 @@ def _limits_and_early(frames: dict[tuple[str, str], pd.DataFrame], episodes: lis
                 late += int(sum(1 for i in starts if not inside[i]))
                 early_eps = by_rule.get((site, eq_id, f"early:{lim.name}"), [])
                 for i in starts:
-                    if i > 0 and inside[i - 1]:
-                        continue  # still the same alarm (hysteresis), not a new crossing
+                    if (i > 0 and inside[i - 1]) or not lim.early_warning:
+                        continue  # still the same alarm (hysteresis), not a new crossing; or nothing forecasts it
                     excursions += 1
                     before = [e.start for e in early_eps if e.start <= ts[i]]
                     if before:

@@ -191,6 +191,27 @@ def test_early_warning_comes_before_the_limit_is_crossed() -> None:
     assert abs((first + eta) - crossing) < 240, "the predicted time to the limit is about right"
 
 
+def test_a_rated_load_is_a_limit_but_a_load_swing_is_not_forecast() -> None:
+    belt, afc = equipment("belt_main_2"), equipment("afc_1")
+    rated = belt.sensors["load_t_h"].limits[0]
+    assert (rated.name, rated.alarm, rated.early_warning) == ("rated_load", 2000.0, False)
+    motor = afc.sensors["motor_current_a"].limits[0]
+    assert (motor.alarm, motor.restore, motor.early_warning) == (440.0, 400.0, False), "110 % of a 400 A rating"
+    cfg = AnalyticsSettings()
+    for eq, sensor, name in ((belt, "load_t_h", "rated_load"), (afc, "motor_current_a", "motor_overload")):
+        rules = {d.rule for d in EquipmentScorer(eq, cfg).detectors[sensor]}
+        assert f"limit:{name}" in rules and f"early:{name}" not in rules
+    # Dispatch raising the belt from 1,200 to 1,800 t/h in four minutes: a line through it would promise
+    # the rated load within minutes, which is why the catalog switches the forecast off for a load.
+    rng = np.random.default_rng(6)
+    swing = np.concatenate([np.full(600, 1200.0), np.linspace(1200, 1800, 240), np.full(600, 1800.0)])
+    swing += 15 * rng.standard_normal(len(swing))
+    ts = T0 + np.arange(len(swing), dtype=np.int64) * 1_000_000_000
+    ctx = SensorContext.from_catalog(belt, "load_t_h")
+    line = EarlyWarning(ctx, rated.model_copy(update={"early_warning": True}), window=300, hop=5, min_t=10.0)
+    assert line.run(ts, swing).level.any()
+
+
 def test_no_early_warning_on_a_noisy_flat_signal() -> None:
     rng = np.random.default_rng(4)
     x = 0.8 + 0.05 * rng.standard_normal(3000)

@@ -106,11 +106,12 @@ def test_stream_job_scores_live_telemetry_writes_anomalies_and_publishes_events(
     assert job.summary.readings == len(METHANE)
 
 
-def _plant_methane(influx: InfluxClient, values: list[float], start: datetime) -> None:
-    eq = load_catalog().equipment(SITE, GAS)
+def _plant(influx: InfluxClient, values: list[float], start: datetime, equipment: str = GAS,
+           sensor: str = "ch4_pct") -> None:
+    eq = load_catalog().equipment(SITE, equipment)
     assert eq is not None
-    prefix = series_prefix(eq.type, SITE, eq.area, GAS)
-    influx.write_lines([telemetry_line(prefix, start + timedelta(seconds=i), i, {"ch4_pct": (v, "good")})
+    prefix = series_prefix(eq.type, SITE, eq.area, equipment)
+    influx.write_lines([telemetry_line(prefix, start + timedelta(seconds=i), i, {sensor: (v, "good")})
                         for i, v in enumerate(values)])
 
 
@@ -118,7 +119,7 @@ def test_batch_job_finds_a_planted_limit_crossing_in_influxdb(settings: Settings
     rng = np.random.default_rng(3)
     values = list(0.4 + 0.01 * rng.standard_normal(600))
     values[400] = 1.04  # one sample at the alarm level: never missed
-    _plant_methane(influx, values, T0)
+    _plant(influx, values, T0)
     summary, transitions = run_batch(settings, load_catalog(), T0 - timedelta(minutes=1), T0 + timedelta(hours=1),
                                      site=SITE, equipment=GAS, publish_events=False)
     fired = [t for t in transitions if t.episode.rule == "limit:methane" and t.kind == "firing"]
@@ -127,6 +128,29 @@ def test_batch_job_finds_a_planted_limit_crossing_in_influxdb(settings: Settings
     assert summary.readings == 600
     rows = _wait_rows(influx, "SELECT * FROM anomalies WHERE rule = 'limit:methane'", 1)
     assert len(rows) == 1 and rows.iloc[0]["state"] == "cleared" and rows.iloc[0]["severity"] == "critical"
+
+
+def test_batch_job_finds_a_belt_overload_at_its_rated_load_and_forecasts_no_load_swing(
+        settings: Settings, influx: InfluxClient) -> None:
+    """Main belt 2 (catalog: rated 2,000 t/h, no early warning on a load): dispatch raises the load from
+    1,200 to 1,800 t/h in four minutes (a line through that would reach 2,000 t/h within minutes), then two
+    faces load it at once and it climbs to 2,430 t/h."""
+    rng = np.random.default_rng(8)
+    load = np.concatenate([np.full(900, 1200.0), np.linspace(1200, 1800, 240), np.full(900, 1800.0),
+                           np.linspace(1800, 2430, 120), np.full(300, 2430.0)])
+    load += 15 * rng.standard_normal(len(load))
+    _plant(influx, load.tolist(), T0, equipment="belt_main_2", sensor="load_t_h")
+    _, transitions = run_batch(settings, load_catalog(), T0 - timedelta(minutes=1), T0 + timedelta(hours=1),
+                               site=SITE, equipment="belt_main_2", publish_events=False)
+    rules = {t.episode.rule for t in transitions if t.anomaly.ctx.sensor == "load_t_h"}
+    assert not {r for r in rules if r.startswith("early:")}, "a load someone sets is not forecast"
+    fired = [t for t in transitions if t.episode.rule == "limit:rated_load" and t.kind == "firing"]
+    assert len(fired) == 1 and fired[0].episode.severity == "critical"
+    first = int(np.argmax(load >= 2000.0))
+    assert fired[0].ts == int((T0 + timedelta(seconds=first)).timestamp() * 1e9), "on the first sample past it"
+    assert "2000 t/h" in fired[0].message
+    rows = _wait_rows(influx, "SELECT * FROM anomalies WHERE rule = 'limit:rated_load'", 1)
+    assert len(rows) == 1 and rows.iloc[0]["equipment"] == "belt_main_2"
 
 
 def test_batch_cli_refuses_an_unknown_site(settings: Settings) -> None:

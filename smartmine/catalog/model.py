@@ -54,6 +54,10 @@ class Limit(_Strict):
     power_off: float | None = None
     restore: float | None = None
     source: str = Field(min_length=3, description="Regulation, standard or plant practice that sets it")
+    # Whether analytics extrapolates the reading's trend towards this limit (time to threshold). False for a
+    # quantity someone sets, such as the load the faces put on a belt: its swings are decisions, not a
+    # trend, and a line through them points at the limit all day. The limit itself still alarms.
+    early_warning: bool = True
 
     @model_validator(mode="after")
     def _coherent(self) -> Limit:
