@@ -4,8 +4,9 @@ Every ``hop`` samples a least-squares line is fitted through the last ``window``
 sums, so a fit costs the same however long the window). Each sample
 is then projected along that line: when the slope points at the limit, is significant (at least
 ``min_t`` standard errors, so noise does not extrapolate), and the limit would be reached within
-``horizon_s``, the detector warns with the expected time to the limit. Once the value is past the
-limit the limit rule owns the situation and the early warning stops.
+``horizon_s`` and within twice the window's span (a line is not extrapolated further than that), the
+detector warns with the expected time to the limit. Once the value is past the limit the limit rule owns
+the situation and the early warning stops.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from smartmine.catalog import Limit
 class EarlyWarning(Detector):
     """Time-to-threshold against one catalog limit (its alarm level, or power-off if it has no alarm).
 
-    ``short_window`` adds a second, shorter trend window beside ``window``: the long one sees a slow ramp
-    through the noise (a sump filling, a bearing warming), the short one a fast build-up; the earlier
-    credible crossing wins. Off by default: on the simulated plant its noisy slopes cost more false
-    warnings than the minutes it gains (docs/benchmarks.md).
+    ``second_window`` adds a second trend window beside ``window``. Each line is extrapolated at most
+    twice its own span, so a longer window may promise further ahead: a five-minute line sees a methane
+    build-up, a fifteen-minute line the slow rise of CO from a heating coal seam or of a warming bearing,
+    whose crossing is half an hour away. The earliest credible crossing wins (one within its line's reach
+    before one beyond it). A shorter second window was tried for fast build-ups and not kept: its noisy
+    slopes cost more false warnings than the minutes it gained (docs/benchmarks.md).
     """
 
     name = "early"
@@ -34,7 +37,7 @@ class EarlyWarning(Detector):
 
     def __init__(self, ctx: SensorContext, limit: Limit, *, window: int = 300, hop: int = 10,
                  horizon_s: float = 1800.0, min_t: float = 6.0, severity: str = "warning",
-                 short_window: int | None = None) -> None:
+                 second_window: int | None = None) -> None:
         super().__init__(ctx)
         self.limit = limit
         self.rule = f"early:{limit.name}"
@@ -43,12 +46,12 @@ class EarlyWarning(Detector):
         assert target is not None  # the catalog refuses a limit without either
         self.target = target
         self.horizon_s = horizon_s
-        # A line fitted over a window is not extrapolated further than twice that window's duration.
-        self.max_extrapolation = 2.0 * window * ctx.sample_period_s
         self.min_t = min_t
         self.hop = HopWindow(window, hop)
-        self.windows = (window,) if short_window is None else (window, min(max(short_window, 3), window))
-        self.sums = LineSums(window)
+        self.windows = (window,) if second_window is None else (window, max(second_window, 3))
+        # A line fitted over a window is not extrapolated further than twice that window's duration.
+        self.reach = tuple(2.0 * w * ctx.sample_period_s for w in self.windows)
+        self.sums = LineSums(max(self.windows))
         self.count = 0
         self._level = level_of(severity)
         nan = math.nan
@@ -71,24 +74,41 @@ class EarlyWarning(Detector):
 
     def _step(self, ts: int, x: float) -> tuple[float, int]:
         if self.hop.due(self.count):
-            self.fits = [self.sums.fit(w) for w in self.windows]
+            nan = math.nan
+            # a window longer than the history seen so far has no line yet
+            self.fits = [self.sums.fit(w) if self.count >= w else (nan, nan, nan, nan) for w in self.windows]
         self.sums.push(ts, x)
         self.count += 1
         best = (math.nan, math.nan, math.nan)
-        for fit in self.fits:
+        credible = False
+        for fit, reach in zip(self.fits, self.reach, strict=True):
             eta, now = self._eta(fit, ts, x)
-            if math.isnan(best[1]) or (not math.isnan(eta) and (math.isnan(best[0]) or eta < best[0])):
-                best = (eta, now, fit[1])
+            within = eta <= reach  # False for NaN
+            if math.isnan(best[1]) or (not math.isnan(eta) and (math.isnan(best[0]) or (within and not credible)
+                                                                or (within == credible and eta < best[0]))):
+                best, credible = (eta, now, fit[1]), within
         self.eta, self.now, self.slope = best
         if math.isnan(self.eta):
             return 0.0, 0
         score = max(1.0 - self.eta / (2.0 * self.horizon_s), 0.0)
-        return score, (self._level if self.eta <= self.horizon_s and self.eta <= self.max_extrapolation else 0)
+        return score, (self._level if self.eta <= self.horizon_s and credible else 0)
+
+    @staticmethod
+    def _better(best: tuple[FloatArray, ...], eta: FloatArray, within: np.ndarray) -> np.ndarray:
+        """Per sample, whether a window's (eta, within its reach) beats ``best`` (eta, now, slope, within):
+        the streaming form's choice in :meth:`_step`."""
+        b_eta, b_now, _, b_within = best
+        return np.isnan(b_now) | (~np.isnan(eta) & (np.isnan(b_eta) | (within & ~b_within)
+                                                   | ((within == b_within) & (eta < b_eta))))
 
     def _run_window(self, ts: np.ndarray, x: FloatArray, window: int, prefix: FloatArray, u: FloatArray,
                     fit_idx: np.ndarray, ends: np.ndarray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        fits = line_from_sums(prefix[ends] - prefix[ends - window], window, u[ends - 1], float(x[0]))
-        level, slope, se, t_end = broadcast((*fits, ts[ends - 1].astype(np.float64)), fit_idx)
+        early = ends < window  # a window longer than the history so far has no line yet
+        start = np.maximum(ends - window, 0)
+        level, slope, se = line_from_sums(prefix[ends] - prefix[start], window, u[ends - 1], float(x[0]))
+        if early.any():
+            level, slope, se = (np.where(early, np.nan, a) for a in (level, slope, se))
+        level, slope, se, t_end = broadcast((level, slope, se, ts[ends - 1].astype(np.float64)), fit_idx)
         return self._eta_all(level, slope, se, t_end, ts, x)
 
     def _eta_all(self, level: FloatArray, slope: FloatArray, se: FloatArray, t_end: FloatArray, ts: np.ndarray,
@@ -113,35 +133,38 @@ class EarlyWarning(Detector):
         fit_idx = np.searchsorted(dues, np.arange(n), side="right") - 1  # -1: the line carried in
         ok = fit_idx >= 0
         rows = kept - 1 + dues  # the sums just before each due sample
-        best: tuple[FloatArray, FloatArray, FloatArray] | None = None
+        best: tuple[FloatArray, ...] | None = None
         fits = []
-        for w, carried in zip(self.windows, self.fits, strict=True):
+        for w, carried, reach in zip(self.windows, self.fits, self.reach, strict=True):
             line = [np.full(n, c) for c in carried]
             if len(dues):
-                fitted = (*line_from_sums(sums[rows] - sums[rows - w], w, u_rows[rows], self.sums.x0),
-                          ts_rows[rows].astype(np.float64))
-                for col, f in zip(line, fitted, strict=True):
+                back = rows - w  # < 0: fewer than w samples seen before that refit, no line yet
+                level, slope, se = line_from_sums(sums[rows] - sums[np.maximum(back, 0)], w, u_rows[rows],
+                                                  self.sums.x0)
+                if (back < 0).any():
+                    level, slope, se = (np.where(back < 0, np.nan, a) for a in (level, slope, se))
+                for col, f in zip(line, (level, slope, se, ts_rows[rows].astype(np.float64)), strict=True):
                     col[ok] = f[fit_idx[ok]]
             fits.append(tuple(float(col[-1]) for col in line))
             level, slope, se, t_end = line
             eta, now, slope = self._eta_all(level, slope, se, t_end, ts, x)
+            within = eta <= reach
             if best is None:
-                best = (eta, now, slope)
+                best = (eta, now, slope, within)
             else:  # the streaming form's choice, sample by sample
-                b_eta, b_now, b_slope = best
-                take = np.isnan(b_now) | (~np.isnan(eta) & (np.isnan(b_eta) | (eta < b_eta)))
-                best = (np.where(take, eta, b_eta), np.where(take, now, b_now), np.where(take, slope, b_slope))
+                take = self._better(best, eta, within)
+                best = tuple(np.where(take, a, b) for a, b in zip((eta, now, slope, within), best, strict=True))
         assert best is not None
         self.fits = fits
-        eta, now, slope = best
+        eta, now, slope, within = best
         self.eta, self.now, self.slope = float(eta[-1]), float(now[-1]), float(slope[-1])
-        return self._verdicts(eta, now, slope)
+        return self._verdicts(eta, now, slope, within)
 
-    def _verdicts(self, eta: FloatArray, now: FloatArray, slope: FloatArray) -> Verdicts:
+    def _verdicts(self, eta: FloatArray, now: FloatArray, slope: FloatArray, within: np.ndarray) -> Verdicts:
         active = ~np.isnan(eta)
         score = np.zeros(len(eta))
         score[active] = np.maximum(1.0 - eta[active] / (2.0 * self.horizon_s), 0.0)
-        flagged = active & (eta <= self.horizon_s) & (eta <= self.max_extrapolation)
+        flagged = active & (eta <= self.horizon_s) & within
         lv = np.where(flagged, self._level, 0).astype(np.int8)
         return Verdicts(score, lv, {"eta_s": eta, "trend_level": now, "slope_per_s": slope})
 
@@ -152,15 +175,18 @@ class EarlyWarning(Detector):
         if len(ends) == 0:
             return Verdicts.empty(n)
         prefix, u = line_prefix(ts, x)
-        eta, now, slope = self._run_window(ts, x, self.windows[0], prefix, u, fit_idx, ends)
-        for w in self.windows[1:]:
-            # The same choice as the streaming form: the short window's answer when credible and sooner.
-            eta2, now2, slope2 = self._run_window(ts, x, w, prefix, u, fit_idx, ends)
-            take2 = ~np.isnan(eta2) & (np.isnan(eta) | (eta2 < eta))
-            eta = np.where(take2, eta2, eta)
-            now = np.where(take2, now2, now)
-            slope = np.where(take2, slope2, slope)
-        return self._verdicts(eta, now, slope)
+        best: tuple[FloatArray, ...] | None = None
+        for w, reach in zip(self.windows, self.reach, strict=True):
+            eta, now, slope = self._run_window(ts, x, w, prefix, u, fit_idx, ends)
+            within = eta <= reach
+            if best is None:
+                best = (eta, now, slope, within)
+            else:  # the same choice as the streaming form
+                take = self._better(best, eta, within)
+                best = tuple(np.where(take, a, b) for a, b in zip((eta, now, slope, within), best, strict=True))
+        assert best is not None
+        eta, now, slope, within = best
+        return self._verdicts(eta, now, slope, within)
 
     def evidence(self) -> dict[str, float]:
         return {"eta_s": self.eta, "trend_level": self.now, "slope_per_s": self.slope}

@@ -63,8 +63,10 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
         hop = samples(cfg.hop_s, period, 1)
         early_window = samples(cfg.early_window_s, period, 8)
         early_hop = samples(cfg.early_hop_s, period, 1)
+        long_window = samples(cfg.early_long_window_s, period, 8) if cfg.early_long_window_s > 0 else None
         dets += [EarlyWarning(ctx, lim, window=early_window, hop=early_hop, horizon_s=cfg.early_horizon_s,
-                              min_t=cfg.early_min_t, severity=stat_sev) for lim in ctx.limits if lim.early_warning]
+                              min_t=cfg.early_min_t, severity=stat_sev, second_window=long_window)
+                 for lim in ctx.limits if lim.early_warning]
         novelty = samples(cfg.novelty_s, period, 0)
         if ctx.level_statistics:  # not for a set point, nor for a sump filling and emptying
             dets += [

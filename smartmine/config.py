@@ -186,6 +186,9 @@ class AnalyticsSettings(BaseModel):
     seasonal_days: float = Field(default=3.0, gt=0, description="How many days the seasonal baseline remembers")
     seasonal_threshold: float = Field(default=5.0, gt=0, description="Sigmas from the slot's usual value that flag")
     early_window_s: float = Field(default=300.0, gt=0, description="Trend window of the early warning")
+    early_long_window_s: float = Field(default=900.0, ge=0, description="A second, longer trend window (0: none); "
+                                       "each line is extrapolated at most twice its span, so this one sees a slow "
+                                       "rise (CO from a heating seam) up to the horizon ahead")
     early_hop_s: float = Field(default=5.0, gt=0, description="How often the trend is refitted")
     early_horizon_s: float = Field(default=1800.0, gt=0, description="Warn when a limit is this close in time")
     early_min_t: float = Field(default=10.0, gt=0, description="Slope must exceed this many standard errors")

@@ -53,7 +53,9 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
     "early": lambda: EarlyWarning(CH4, METHANE, window=30, hop=5, horizon_s=600, min_t=3.0),
     "early_low": lambda: EarlyWarning(CH4, O2_LOW, window=30, hop=5, horizon_s=600, min_t=3.0),
     "early_two_windows": lambda: EarlyWarning(CH4, METHANE, window=30, hop=5, horizon_s=600, min_t=3.0,
-                                              short_window=8),
+                                              second_window=8),
+    "early_long_window": lambda: EarlyWarning(CH4, METHANE, window=30, hop=5, horizon_s=600, min_t=3.0,
+                                              second_window=90),
     "seasonal": lambda: SeasonalBaseline(CH4, slot_s=60, utc_offset_s=3600, days=2.0, min_count=3,
                                          threshold=3.0, novelty=20),
     "stuck": lambda: Flatline(CH4, samples=5),
@@ -217,6 +219,30 @@ def test_no_early_warning_on_a_noisy_flat_signal() -> None:
     x = 0.8 + 0.05 * rng.standard_normal(3000)
     ts = T0 + np.arange(3000, dtype=np.int64) * 1_000_000_000
     assert not EarlyWarning(CH4, METHANE, window=300, hop=10).run(ts, x).level.any()
+    assert not EarlyWarning(CH4, METHANE, window=300, hop=10, second_window=900).run(ts, x).level.any()
+
+
+def test_a_slow_co_rise_is_warned_by_the_long_trend_window() -> None:
+    """CO at a coal face rising 40 ppm/h from 3 ppm (a heating seam): the 24 ppm limit is about 31 min away
+    from the start. A five-minute line may promise ten minutes, so it stays silent until the last ten; the
+    fifteen-minute line may promise thirty and warns within the first twenty minutes."""
+    face = equipment("gas_face_1203")
+    co = SensorContext.from_catalog(face, "co_ppm")
+    limit = co.limits[0]
+    assert limit.alarm == 24.0
+    rng = np.random.default_rng(11)
+    t = np.arange(0, 20 * 60, co.sample_period_s)
+    x = 3.0 + 40.0 * t / 3600 + 0.2 * rng.standard_normal(len(t))
+    ts = T0 + (t * 1e9).astype(np.int64)
+    crossing_s = (24.0 - 3.0) / 40.0 * 3600
+    assert not EarlyWarning(co, limit, window=60, hop=1, horizon_s=1800, min_t=10).run(ts, x).level.any()
+    both = EarlyWarning(co, limit, window=60, hop=1, horizon_s=1800, min_t=10, second_window=180)
+    warned = [a for a, b in zip(ts, x, strict=True) if both.update(int(a), float(b))]
+    assert warned, "warned before the run ends, about ten minutes ahead of the short line"
+    first_s = (warned[0] - T0) / 1e9
+    v = both.run(ts, x)
+    eta = v.evidence["eta_s"][int(first_s / co.sample_period_s)]
+    assert first_s < 17 * 60 and abs(first_s + eta - crossing_s) < 240, "the time to 24 ppm is about right"
 
 
 # ------------------------------------------------------------------------------------------ statistics
