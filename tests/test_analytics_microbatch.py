@@ -80,7 +80,9 @@ def test_micro_batches_continue_the_stream_exactly(name: str, series: tuple[np.n
 @pytest.mark.parametrize("name", ["missing", "dropout", "spike"])
 @settings(max_examples=40, deadline=None)
 @given(gaps=st.lists(st.sampled_from([1, 1, 1, 2, 5]), min_size=1, max_size=200),
-       silences=st.lists(st.tuples(st.integers(0, 199), st.sampled_from([9, 15, 40])), max_size=3),
+       # 3 and 8 s: exactly the dropout's and the missing-readings window's limit (a gap at the limit is
+       # not a silence); 9, 15, 40 s: beyond both.
+       silences=st.lists(st.tuples(st.integers(0, 199), st.sampled_from([3, 8, 9, 15, 40])), max_size=3),
        cuts=st.lists(st.integers(0, 200), max_size=8), vectorised=st.lists(st.booleans(), min_size=1, max_size=5))
 def test_micro_batches_continue_across_long_silences(name: str, gaps: list[int], silences: list[tuple[int, int]],
                                                       cuts: list[int], vectorised: list[bool]) -> None:
@@ -97,6 +99,24 @@ def test_micro_batches_continue_across_long_silences(name: str, gaps: list[int],
     np.testing.assert_array_equal(got_score, score)
     for i in np.flatnonzero(level):
         np.testing.assert_equal(got_evidence[i], evidence[i])
+
+
+@pytest.mark.parametrize("name", ["missing", "dropout"])
+@pytest.mark.parametrize("gap_s", [3, 8, 9])
+def test_a_gap_at_the_limit_after_a_full_window_is_judged_alike(name: str, gap_s: int) -> None:
+    """After a full window of thinning data, one gap exactly at a detector's limit (3 s: the dropout's,
+    8 s: the missing-readings window's restart) or just past it. The random cases above rarely have a
+    full window before the gap; here the window is full, so a restart taken one way and not the other
+    changes the verdicts."""
+    gaps = [1, 2, 1, 1, 2] * 8 + [gap_s] + [1, 2] * 10
+    ts = T0 + np.cumsum(gaps).astype(np.int64) * 1_000_000_000
+    x = np.full(len(gaps), 0.4)
+    score, level, _ = one_at_a_time(name, ts, x)
+    assert score.any(), "the thinning data is scored before the gap"
+    for cuts in ([], [len(gaps) - 20], [len(gaps) - 21], [len(gaps) - 22]):  # the gap inside or opening a piece
+        got_score, got_level, _ = in_pieces(name, ts, x, cuts, [True])
+        np.testing.assert_array_equal(got_level, level)
+        np.testing.assert_array_equal(got_score, score)
 
 
 # ------------------------------------------------------------------------------------------ the whole job
