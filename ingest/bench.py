@@ -21,7 +21,6 @@ catalog's equipment carries 4 to 10 readings per sample (``--readings-per-messag
 from __future__ import annotations
 
 import argparse
-import gzip
 import logging
 import multiprocessing as mp
 import os
@@ -50,6 +49,7 @@ BENCH_AREA = "ironmaking"
 BENCH_TYPE = "stave_thermocouple_array"
 PREFIX = "bench"
 POLL_S = 0.05
+PUBLISHER_WINDOW = 10_000  # QoS 1 messages in flight from the publisher: the broker's max_inflight_messages below
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,8 +112,9 @@ def _messages(shape: Shape, count: int, t0: datetime) -> Iterator[tuple[int, int
 
 
 # ---------------------------------------------------------------------------------------------- raw ceiling
-def raw_ceiling(influx_url: str, shape: Shape, count: int, max_bytes: int, t0: datetime) -> dict[str, float]:
-    from smartmine.influx import InfluxClient
+def raw_ceiling(influx_url: str, shape: Shape, count: int, max_bytes: int, t0: datetime,
+                meter: _CpuMeter | None = None) -> dict[str, float]:
+    from smartmine.influx import InfluxClient, gzip_body
     from smartmine.schema import series_prefix, telemetry_line
 
     prefixes = [series_prefix(BENCH_TYPE, BENCH_SITE, BENCH_AREA, e) for e in shape.equipment_ids()]
@@ -126,10 +127,10 @@ def raw_ceiling(influx_url: str, shape: Shape, count: int, max_bytes: int, t0: d
         chunk.append(line)
         size += len(line) + 1
         if size >= max_bytes:
-            bodies.append(gzip.compress("\n".join(chunk).encode(), compresslevel=1))
+            bodies.append(gzip_body("\n".join(chunk).encode()))
             chunk, size = [], 0
     if chunk:
-        bodies.append(gzip.compress("\n".join(chunk).encode(), compresslevel=1))
+        bodies.append(gzip_body("\n".join(chunk).encode()))
     setup = InfluxClient(influx_url, "bench_raw")
     setup.create_database()
     queue = list(reversed(bodies))
@@ -146,6 +147,8 @@ def raw_ceiling(influx_url: str, shape: Shape, count: int, max_bytes: int, t0: d
             client.write_lines(body)
         client.close()
 
+    if meter:
+        meter.start()
     start = time.perf_counter()
     threads = [threading.Thread(target=post) for _ in range(2)]
     for t in threads:
@@ -153,6 +156,8 @@ def raw_ceiling(influx_url: str, shape: Shape, count: int, max_bytes: int, t0: d
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    if meter:
+        meter.stop()
     stored = _count(setup, None)
     setup.close()
     return {"raw_ceiling_readings_per_s": count * shape.readings / elapsed, "raw_points": float(stored),
@@ -175,30 +180,31 @@ def _count(client: Any, since_ns: int | None, by_equipment: bool = False) -> Any
 
 # ---------------------------------------------------------------------------------------------- publisher
 def _publisher(conn: Connection, mqtt_url: str, shape: Shape, count: int, t0_iso: str, rate: float) -> None:
-    """Child process: encode every message, wait for "go", publish (paced when ``rate`` > 0), report times."""
+    """Child process: encode every message, wait for "go", publish (paced when ``rate`` > 0), report times.
+
+    A load generator on the same cores as the system it measures: every message is published at QoS 1 through
+    the broker and every PUBACK counted, through :class:`LeanPublisher` (paho's connection, ~20 µs of CPU per
+    message instead of paho's ~70 µs; docs/benchmarks.md, *ingest*).
+    """
+    from ingest.mqtt_client import LeanPublisher
     from smartmine.config import parse_mqtt_url
     from smartmine.mqtt import make_client
     from smartmine.wire import encode_telemetry, topic
 
     t0 = datetime.fromisoformat(t0_iso)
-    topics = [topic(BENCH_SITE, BENCH_AREA, e, "telemetry", PREFIX) for e in shape.equipment_ids()]
+    topics = [topic(BENCH_SITE, BENCH_AREA, e, "telemetry", PREFIX).encode() for e in shape.equipment_ids()]
     msgs = [(topics[e], encode_telemetry(ts, k, _sample_values(shape, k), src="bench"))
             for e, k, ts in _messages(shape, count, t0)]
     url = parse_mqtt_url(mqtt_url)
-    client = make_client(url, f"bench-publisher-{os.getpid()}")
-    client.max_inflight_messages_set(10_000)
-    client.max_queued_messages_set(0)
-    acked = [0]
-
-    def on_publish(*_: Any) -> None:
-        acked[0] += 1
-    client.on_publish = on_publish
+    client = make_client(url, f"bench-publisher-{os.getpid()}", client_class=LeanPublisher)
+    assert isinstance(client, LeanPublisher)
     client.connect(url.host, url.port)
-    # One thread: publish() writes to the socket itself and loop() reads the PUBACKs in between; a network
-    # thread beside it would cost a wake-up per message (paho's socket pair) and slow the publisher down.
+    # One thread: publish_qos1() writes to the socket itself and loop() reads the PUBACKs in between; a network
+    # thread beside it would cost a wake-up per message.
     conn.send("ready")
     conn.recv()
     sent_at = [0.0] * count
+    cpu0 = time.process_time()
     start = time.time()
     for i, (t, payload) in enumerate(msgs):
         if rate > 0:
@@ -208,16 +214,20 @@ def _publisher(conn: Connection, mqtt_url: str, shape: Shape, count: int, t0_iso
                 pause = start + i / rate - time.time()
                 if pause > 0:
                     time.sleep(pause)
+        while client.in_flight >= PUBLISHER_WINDOW:
+            client.loop(0.01)
         sent_at[i] = time.time()
-        client.publish(t, payload, qos=1)
+        client.publish_qos1(t, payload)
         if i % 64 == 63:
             client.loop(0)
     end = time.time()
     deadline = time.monotonic() + 300
-    while acked[0] < count and time.monotonic() < deadline:
+    while client.acked < count and time.monotonic() < deadline:
         client.loop(0.05)
-    conn.send({"start": start, "end": end, "acked": time.time(), "sent_at": sent_at if rate > 0 else [],
-               "bytes": sum(len(p) for _, p in msgs)})
+    acked_at = time.time()
+    conn.send({"start": start, "end": end, "acked": acked_at, "pubacks": client.acked,
+               "sent_at": sent_at if rate > 0 else [], "bytes": sum(len(p) for _, p in msgs),
+               "cpu_s": time.process_time() - cpu0})
     client.disconnect()
 
 
@@ -225,6 +235,7 @@ class _Publisher:
     def __init__(self, mqtt_url: str, shape: Shape, count: int, t0: datetime, rate: float = 0.0) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
+        self.count = count
         self.proc = ctx.Process(target=_publisher, args=(child, mqtt_url, shape, count, t0.isoformat(), rate),
                                 daemon=True)
         self.proc.start()
@@ -239,6 +250,8 @@ class _Publisher:
             raise RuntimeError("bench publisher did not finish")
         out: dict[str, Any] = self.conn.recv()
         self.proc.join(10)
+        if out["pubacks"] != self.count:
+            raise RuntimeError(f"the broker acknowledged {out['pubacks']} of {self.count} messages published")
         return out
 
 
@@ -253,19 +266,75 @@ def _rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-def _wait_stored(client: Any, expected: int, since_ns: int | None, stall_s: float = 60.0) -> float:
-    """Poll until ``expected`` points are stored; returns the time.time() it was seen. Gives up on a stall."""
-    last, last_change = -1, time.monotonic()
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from /proc; NaN once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+class _CpuMeter:
+    """CPU seconds each named process spends between ``start()`` and ``stop()``: what the phase cost, wherever
+    it ran, independent of how long the process waited for a core (other load on the machine)."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        return {name: sum(_cpu_s(p) for p in pids) for name, pids in self.pids.items()}
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        self.used = {name: end[name] - self._start[name] for name in end}
+        return self.used
+
+
+def _wait_stored(client: Any, expected: int, newest: tuple[int, int], stall_s: float = 60.0) -> float:
+    """Poll until ``expected`` points are stored; returns the time.time() it was seen. Gives up on a stall.
+
+    Counting every point every 50 ms would cost influxd 5-30 ms of CPU a query, growing with the data: CPU that
+    the ceiling phase does not pay. So the poll asks only for the newest messages (``newest``: their earliest
+    timestamp in ns and how many there are; one small time range), and once those are all queryable, counts
+    everything to confirm; while that count falls short (an earlier batch still being written), it keeps
+    counting everything. The time returned is that of the count that saw all ``expected`` points.
+    """
+    since_ns, newest_count = newest
+    progress, last_change = -1, time.monotonic()
+    newest_stored = False
     while True:
-        n = _count(client, since_ns)
-        if n >= expected:
-            return time.time()
-        if n != last:
-            last, last_change = n, time.monotonic()
+        if not newest_stored:
+            n = _count(client, since_ns)
+            newest_stored = n >= newest_count
+        if newest_stored:
+            total = _count(client, None)
+            if total >= expected:
+                return time.time()
+            n = newest_count + total
+        if n != progress:
+            progress, last_change = n, time.monotonic()
         elif time.monotonic() - last_change > stall_s:
-            log.error("stored points stalled at %d of %d", n, expected)
+            log.error("stored points stalled short of %d", expected)
             return float("nan")
         time.sleep(POLL_S)
+
+
+def _ns(t: datetime) -> int:
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
+def _pid(service: Any) -> int:
+    assert service.process is not None, f"{service.name} is not running"
+    return int(service.process.pid)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,7 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="smartmine-bench-ingest-"))
     # Broker persistence off: Mosquitto snapshots its whole store every autosave_interval, which measures
     # the broker's disk, not ingest. In-flight window as shipped (deploy/mosquitto/mosquitto.conf).
-    broker = Mosquitto(tmp / "mosquitto", persistence=False, max_inflight_messages=10_000,
+    broker = Mosquitto(tmp / "mosquitto", persistence=False, max_inflight_messages=PUBLISHER_WINDOW,
                        max_queued_messages=10_000_000)
     influxd = Influxd(tmp / "influxd")
     workers: list[subprocess.Popen[bytes]] = []
@@ -291,8 +360,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               file=sys.stderr)
         out: dict[str, Any] = {"message_shape": f"{shape.readings} readings per message (one equipment sample), "
                                                 f"{shape.equipment} equipment", "workers": args.workers}
-        out.update(raw_ceiling(influxd.url, shape, args.raw_messages or args.messages, max_bytes,
-                               now - timedelta(hours=2)))
+        raw_count = args.raw_messages or args.messages
+        raw_meter = _CpuMeter({"influxd": [_pid(influxd)]})
+        out.update(raw_ceiling(influxd.url, shape, raw_count, max_bytes, now - timedelta(hours=2), raw_meter))
+        out["raw_influxd_cpu_us_per_reading"] = raw_meter.used["influxd"] * 1e6 / (raw_count * shape.readings)
 
         env = {**os.environ, "SMARTMINE_MQTT_URL": broker.url, "SMARTMINE_INFLUX_URL": influxd.url,
                "SMARTMINE_INFLUX_DB": "bench", "SMARTMINE_TOPIC_PREFIX": PREFIX,
@@ -309,9 +380,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         influx = InfluxClient(influxd.url, "bench")
 
         print(f"end to end: {args.messages} messages, {args.workers} ingest worker(s) ...", file=sys.stderr)
-        pub = _Publisher(broker.url, shape, args.messages, now - timedelta(hours=1))
+        t_e2e = now - timedelta(hours=1)
+        pub = _Publisher(broker.url, shape, args.messages, t_e2e)
+        last_k = (args.messages - 1) // shape.equipment  # the newest messages: the last round over the equipment
+        newest = (_ns(t_e2e + timedelta(milliseconds=10 * last_k)), args.messages - last_k * shape.equipment)
+        meter = _CpuMeter({"influxd": [_pid(influxd)], "mosquitto": [_pid(broker)],
+                           "ingest": [w.pid for w in workers], "bench_poller": [os.getpid()]})
+        meter.start()
         pub.go()
-        done_at = _wait_stored(influx, args.messages, None)
+        done_at = _wait_stored(influx, args.messages, newest)
+        meter.stop()
         res = pub.result(120)
         elapsed = done_at - res["start"]
         rate = args.messages * shape.readings / elapsed
@@ -323,22 +401,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mean_message_bytes": res["bytes"] / args.messages,
         })
         out["ratio"] = rate / out["raw_ceiling_readings_per_s"]
+        # CPU per reading of each process in the end-to-end phase (the publisher's own, first publish to last
+        # PUBACK): what the rate costs the machine, whatever else was running.
+        e2e_readings = args.messages * shape.readings
+        for name, used in {**meter.used, "publisher": res["cpu_s"]}.items():
+            out[f"{name}_cpu_us_per_reading"] = used * 1e6 / e2e_readings
 
         lat_count = max(shape.equipment, int(rate / 2 / shape.readings * args.latency_seconds))
         print(f"latency at half rate: {lat_count} messages over {args.latency_seconds:g} s ...", file=sys.stderr)
         t_lat = now - timedelta(minutes=30)
-        since_ns = int(t_lat.timestamp()) * 1_000_000_000
         pub = _Publisher(broker.url, shape, lat_count, t_lat, rate=rate / 2 / shape.readings)
         seen: dict[tuple[int, int], float] = {}
         equipment = shape.equipment_ids()
+        stored = [0] * shape.equipment  # per equipment: how many of its messages are queryable
         pub.go()
         deadline = time.monotonic() + args.latency_seconds + 60
         while len(seen) < lat_count and time.monotonic() < deadline:
-            counts = _count(influx, since_ns, by_equipment=True)
+            # Only the messages newer than those every equipment has stored: a small query however long it runs.
+            floor = min(stored)
+            counts = _count(influx, _ns(t_lat + timedelta(milliseconds=10 * floor)), by_equipment=True)
             t = time.time()
             for e, eid in enumerate(equipment):
-                for k in range(counts.get(eid, 0)):
-                    seen.setdefault((e, k), t)
+                n = floor + counts.get(eid, 0)
+                for k in range(stored[e], n):
+                    seen[(e, k)] = t
+                stored[e] = max(stored[e], n)
             time.sleep(POLL_S)
         res = pub.result(60)
         lat = sorted(seen[(e, k)] - res["sent_at"][n]

@@ -15,6 +15,8 @@ import os
 import threading
 from pathlib import Path
 
+from smartmine.influx import gzip_body
+
 _SUFFIX = ".lp.gz"
 
 
@@ -55,7 +57,7 @@ class Spool:
 
     def append(self, lines: bytes) -> int:
         """Store one batch durably; returns its segment number. Raises :class:`SpoolFull`."""
-        data = gzip.compress(lines, compresslevel=1)
+        data = gzip_body(lines)
         with self._lock:
             if self._bytes + len(data) > self.max_bytes:
                 raise SpoolFull(f"spool {self.directory} is full ({self._bytes / 1e6:.1f} MB of "

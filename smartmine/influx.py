@@ -7,7 +7,6 @@ Server errors surface as :class:`InfluxError` carrying the server's own message.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import urllib3
+from isal import igzip
 
 from smartmine.config import Settings
 
@@ -23,7 +23,18 @@ if TYPE_CHECKING:  # pandas costs ~1 s to import; only the query helpers need it
     import pandas as pd
     from influxdb_client.client.write.point import Point
 
-__all__ = ["InfluxClient", "InfluxError", "PartialWriteError", "Point", "quote_ident", "quote_string"]
+__all__ = ["InfluxClient", "InfluxError", "PartialWriteError", "Point", "gzip_body", "quote_ident", "quote_string"]
+
+# ISA-L (python-isal) writes the same standard gzip as zlib, ~14x faster: 0.9 ms instead of 12.7 ms for a
+# 4.6 MB batch of 200,000 readings, 0.06 µs of CPU per reading saved on the writer's core. Its level 2 (the
+# library's default) was both faster and smaller than its level 1 on telemetry; InfluxDB inflates either
+# in the same time (docs/benchmarks.md, *ingest*).
+GZIP_LEVEL = 2
+
+
+def gzip_body(data: bytes) -> bytes:
+    """``data`` gzip'd the way every write to InfluxDB (and the ingest spool) is compressed."""
+    return igzip.compress(data, compresslevel=GZIP_LEVEL)
 
 
 def __getattr__(name: str) -> Any:
@@ -152,7 +163,7 @@ class InfluxClient:
             fields["rp"] = rp
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.gzip_writes:
-            data = gzip.compress(data, compresslevel=1)
+            data = gzip_body(data)
             headers["Content-Encoding"] = "gzip"
         resp = self._request("POST", "/write", fields, body=data, headers=headers)
         if resp.status == 204:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
+import random
+
 import pytest
 
-from smartmine.influx import InfluxClient, InfluxError, PartialWriteError, Point, quote_ident, quote_string
+from smartmine.influx import (
+    InfluxClient,
+    InfluxError,
+    PartialWriteError,
+    Point,
+    gzip_body,
+    quote_ident,
+    quote_string,
+)
 from smartmine.services import Influxd
 
 HOSTILE_TAGS = [
@@ -85,6 +96,21 @@ def test_chunked_query_streams_every_point(influx: InfluxClient) -> None:
     for series in influx.query_chunks('SELECT v FROM "m"', chunk_size=1000):
         values += [row[1] for row in series["values"]]
     assert values == [float(i) for i in range(2500)]
+
+
+def test_a_large_isal_gzip_batch_is_stored_whole(influx: InfluxClient) -> None:
+    # Every write is compressed by ISA-L (gzip_body), not zlib: InfluxDB 1.6 must inflate it to the same lines.
+    rng = random.Random(7)
+    values = [rng.uniform(-1e6, 1e6) for _ in range(20_000)]
+    lines = [f"m,site=s{i % 17} v={v!r},seq={i}i {1_700_000_000_000_000_000 + i}" for i, v in enumerate(values)]
+    body = "\n".join(lines).encode()
+    assert gzip.decompress(gzip_body(body)) == body  # standard gzip, readable by any inflater
+    assert len(gzip_body(body)) < len(body) / 2
+    influx.write_lines(lines)
+    result = influx.query('SELECT count(v), sum(v), max(seq) FROM "m"')[0]["series"][0]["values"][0]
+    assert result[1] == len(values)
+    assert result[2] == pytest.approx(sum(values))
+    assert result[3] == len(values) - 1
 
 
 def test_unreachable_server_is_a_retryable_error(influxd_factory: object) -> None:

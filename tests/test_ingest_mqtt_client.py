@@ -1,8 +1,11 @@
-"""ingest's lean PUBLISH reading gives the on_message callback exactly what paho's own reading gives."""
+"""ingest's lean PUBLISH reading gives the on_message callback exactly what paho's own reading gives; the
+benchmark's lean publisher sends exactly paho's packets and sees every PUBACK, through the real Mosquitto."""
 
 from __future__ import annotations
 
 import struct
+import threading
+import time
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,7 +15,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.mqtt_client import LEAN, LeanPublishClient
+from ingest.mqtt_client import LEAN, LeanPublishClient, LeanPublisher
+from smartmine.config import parse_mqtt_url
+from smartmine.mqtt import make_client
+from smartmine.services import Mosquitto
+from smartmine.wire import topic
 
 # What MQTT allows in a UTF-8 string (no NUL, no surrogates).
 _UTF8_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=5)
@@ -56,3 +63,70 @@ def test_lean_publish_reading_matches_paho(topic: bytes, mid: int, payload: byte
 
 def test_the_installed_paho_is_one_the_lean_reading_was_checked_against() -> None:
     assert LEAN, "paho-mqtt changed: check LeanPublishClient against its _handle_publish, then extend CHECKED_PAHO"
+
+
+# ---------------------------------------------------------------------------------------------- LeanPublisher
+def _v5_client(cls: type[Client]) -> Client:
+    return cls(CallbackAPIVersion.VERSION2, client_id="t", protocol=MQTTProtocolVersion.MQTTv5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(topic=st.text(min_size=1, max_size=300).map(str.encode), mid=st.integers(1, 65535),
+       payload=st.binary(max_size=20_000))
+def test_lean_publisher_sends_the_packet_paho_sends(topic: bytes, mid: int, payload: bytes) -> None:
+    paho = _v5_client(Client)
+    queued: list[bytes] = []
+    paho._sock = object()  # type: ignore[assignment]  # "connected": _send_publish then queues its packet
+    paho._packet_queue = lambda _cmd, packet, *_a: queued.append(bytes(packet))  # type: ignore[method-assign,assignment]
+    paho._send_publish(mid, topic, payload, 1, False, False, None, None)
+    paho._sock = None
+
+    lean = _v5_client(LeanPublisher)
+    assert isinstance(lean, LeanPublisher)
+    lean._last_mid = mid - 1
+    lean.publish_qos1(topic, payload)  # not connected: the packet stays queued
+    assert [bytes(p["packet"]) for p in lean._out_packet] == queued
+    assert lean.in_flight == 1 and lean._out_messages[mid].payload == payload
+
+
+def test_lean_publisher_delivers_every_message_and_counts_every_puback(mosquitto: Mosquitto,
+                                                                         topic_prefix: str) -> None:
+    url = parse_mqtt_url(mosquitto.url)
+    received: list[tuple[str, bytes, int]] = []
+    subscribed, all_in = threading.Event(), threading.Event()
+    count, window = 3000, 200
+    messages = [(topic("bench_works", "ironmaking", f"stave_array_{i % 7:03d}", prefix=topic_prefix).encode(),
+                 f'{{"seq": {i}, "pad": "{"x" * (i % 500)}"}}'.encode()) for i in range(count)]
+
+    def on_message(_c: Any, _u: Any, m: MQTTMessage) -> None:
+        received.append((m.topic, bytes(m.payload), m.qos))
+        if len(received) == count:
+            all_in.set()
+    sub = make_client(url, f"{topic_prefix}-sub")
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.on_connect = lambda c, *_a: c.subscribe(f"{topic_prefix}/#", qos=1)
+    sub.connect(url.host, url.port)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(10)
+        pub = make_client(url, f"{topic_prefix}-pub", client_class=LeanPublisher)
+        assert isinstance(pub, LeanPublisher)
+        pub.connect(url.host, url.port)
+        most_in_flight = 0
+        for t, payload in messages:
+            while pub.in_flight >= window:
+                pub.loop(0.01)
+            pub.publish_qos1(t, payload)
+            most_in_flight = max(most_in_flight, pub.in_flight)
+        deadline = time.monotonic() + 30
+        while pub.acked < count and time.monotonic() < deadline:
+            pub.loop(0.05)
+        pub.disconnect()
+        assert pub.acked == count and pub.in_flight == 0
+        assert most_in_flight == window  # the caller's window held, and was used
+        assert all_in.wait(30)
+        assert received == [(t.decode(), p, 1) for t, p in messages]  # every message, once, in order, QoS 1
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
