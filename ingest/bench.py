@@ -53,7 +53,7 @@ PUBLISHER_WINDOW = 10_000  # QoS 1 messages in flight from the publisher: the br
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--messages", type=int, default=30_000, help="messages in the throughput phase")
+    p.add_argument("--messages", type=int, default=60_000, help="messages in the throughput phase")
     p.add_argument("--readings-per-message", type=int, default=100, help="sensors per equipment sample")
     p.add_argument("--equipment", type=int, default=50, help="pieces of equipment publishing")
     p.add_argument("--workers", type=int, default=1, help="ingest processes on one shared subscription")

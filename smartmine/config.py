@@ -83,7 +83,7 @@ class IngestSettings(BaseModel):
                                  description="MQTT 5 receive maximum: unacknowledged messages in flight to ingest")
     batch_size: int = Field(default=5000, ge=1, description="Points per InfluxDB write")
     batch_max_bytes: int = Field(default=4_000_000, ge=1024, description="Line protocol bytes per write")
-    flush_interval_s: float = Field(default=0.5, gt=0, description="Longest a point waits before a write")
+    flush_interval_s: float = Field(default=0.25, gt=0, description="Longest a point waits before a write")
     write_concurrency: int = Field(default=2, ge=1, le=8, description="InfluxDB writes in flight at once; "
                                    "batches are still acknowledged in arrival order")
     write_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one InfluxDB write")
