@@ -389,7 +389,8 @@ class EquipmentScorer:
 
     def run_drift(self, frame: pd.DataFrame, neighbour: pd.DataFrame) -> list[Transition]:
         """Batch drift against the redundant neighbour: each sample minus the neighbour's latest reading
-        at or before it (no older than two sample periods), as the streaming job sees it."""
+        at or before it (no older than two sample periods), where the two are comparable, as the streaming
+        job sees it."""
         out: list[Transition] = []
         left = pd.DataFrame({"time": pd.to_datetime(frame["time"], utc=True)})
         right_time = pd.to_datetime(neighbour["time"], utc=True)
@@ -401,6 +402,8 @@ class EquipmentScorer:
             b = pd.DataFrame({"time": right_time, "b": pd.to_numeric(neighbour[sensor], errors="coerce")}).dropna()
             merged = pd.merge_asof(a.sort_values("time"), b.sort_values("time"), on="time", direction="backward",
                                    tolerance=tol).dropna()
+            merged = merged[det.comparable_all(merged["a"].to_numpy(dtype=np.float64),
+                                               merged["b"].to_numpy(dtype=np.float64))]
             ts = _ns(merged["time"])
             diff = (merged["a"] - merged["b"]).to_numpy(dtype=np.float64)
             out.extend(batch_transitions(self.tracker, det, ts, diff, det.run(ts, diff)))
@@ -440,7 +443,8 @@ class PlantScorer:
             for sensor, det in scorer.drift.items():
                 x = readings.get(sensor, math.nan)
                 seen = neighbour.get(sensor)
-                if seen is None or not math.isfinite(x) or ts - seen[0] > 2e9 * det.ctx.sample_period_s:
+                if (seen is None or not math.isfinite(x) or ts - seen[0] > 2e9 * det.ctx.sample_period_s
+                        or not det.comparable(x, seen[1])):
                     continue
                 t = scorer.step_drift(ts, sensor, x - seen[1])
                 if t is not None:

@@ -181,7 +181,13 @@ class RedundantDrift(Detector):
 
     Two instruments at the same place never read exactly alike (mounting, calibration); that standing
     offset is what the first window learns. Drift is the offset changing. Within the permitted error it is
-    calibration tolerance, not a fault: a methane sensor may read 0.10 % off (AQ 6203) and pass."""
+    calibration tolerance, not a fault: a methane sensor may read 0.10 % off (AQ 6203) and pass.
+
+    The pair is compared only while the air is as usual (:meth:`comparable`): when both read beyond the
+    same end of the normal range (methane at 1.3 % in a ventilation failure) the process is upset, and two
+    sound instruments differ there by their span errors, which grow with the gas (the standard permits ±10 %
+    of the reading above 1 %). Such an upset is the limits' business; learnt as the pair's standing offset,
+    it made every later hour look like drift. One instrument drifting away alone stays comparable."""
 
     name = "drift"
 
@@ -199,6 +205,20 @@ class RedundantDrift(Detector):
         self.count = 0
         self.drift = math.nan
         self.reference = math.nan
+
+    def comparable(self, reading: float, neighbour: float) -> bool:
+        """Whether the two readings are compared: not both beyond the same end of the normal range."""
+        if self.ctx.normal is None:
+            return True
+        lo, hi = self.ctx.normal
+        return not ((reading > hi and neighbour > hi) or (reading < lo and neighbour < lo))
+
+    def comparable_all(self, reading: FloatArray, neighbour: FloatArray) -> np.ndarray:
+        """:meth:`comparable` of each pair (the batch form)."""
+        if self.ctx.normal is None:
+            return np.ones(len(reading), dtype=bool)
+        lo, hi = self.ctx.normal
+        return ~(((reading > hi) & (neighbour > hi)) | ((reading < lo) & (neighbour < lo)))
 
     def _step(self, ts: int, x: float) -> tuple[float, int]:
         """``x`` is this sensor minus the neighbour at the same time."""

@@ -445,6 +445,36 @@ def test_drift_against_the_redundant_return_airway_sensor_in_the_stream() -> Non
     assert not {"dust_mg_m3", "wind_speed_m_s"} & set(twin.drift), "local readings: twins need not agree"
 
 
+def test_twins_are_not_compared_through_a_gas_upset_but_a_drift_is_found_in_both_forms() -> None:
+    """Two return-airway monitors whose difference grows with the gas (one reads 25 % more than the other:
+    a span difference). Methane rises to 1.2 % for five minutes, both far above the 0.6 % top of the normal
+    range: an upset, not a drift, and not the pair's standing offset either. Later the twin drifts up on
+    its own by 0.4 %, beyond the normal range while its partner stays: a drift."""
+    from analytics.engine import PlantScorer
+
+    cfg = AnalyticsSettings(window_s=60, hop_s=10)
+    rng = np.random.default_rng(21)
+    n = 1500
+    true = 0.3 + 0.01 * rng.standard_normal(n)
+    true[60:360] += 0.9  # the upset: both twins far above the normal range
+    twin = 1.25 * true + np.where(np.arange(n) >= 900, np.minimum((np.arange(n) - 900) * 0.002, 0.4), 0.0)
+    ts = T0 + np.arange(n, dtype=np.int64) * 1_000_000_000
+    plant = PlantScorer(CATALOG, cfg)
+    live: list[Transition] = []
+    for i in range(n):
+        plant.step("yanshan_mine", "gas_return_1203", int(ts[i]), {"ch4_pct": float(true[i])})
+        out = plant.step("yanshan_mine", "gas_return_1203_b", int(ts[i]), {"ch4_pct": float(twin[i])})
+        assert out is not None
+        live += [t for t in out if t.episode.rule == "health:drift:ch4_pct"]
+    fired = [t for t in live if t.kind == "firing"]
+    assert fired, "the twin drifting alone is found"
+    assert (fired[0].ts - T0) // 1_000_000_000 > 900, "nothing before the drift: the upset is not a drift"
+    scorer = EquipmentScorer(equipment("gas_return_1203_b"), cfg)
+    batch = scorer.run_drift(_frame(ts, ch4_pct=twin), _frame(ts, ch4_pct=true))
+    key = lambda t: (t.ts, t.kind, t.episode.severity, t.message)  # noqa: E731
+    assert list(map(key, live)) == list(map(key, batch))
+
+
 def test_seasonal_baseline_knows_the_night_shift_from_a_fault() -> None:
     # Belt current: low in the night maintenance shift (00-08 local), high in the production shifts.
     belt = SensorContext.from_catalog(equipment("belt_main_1"), "motor_current_a")
