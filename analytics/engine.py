@@ -15,6 +15,10 @@ detectors are plugins). Per sensor, from its catalog entry:
 - per equipment: PCA T²/Q over its gauges, and drift against each ``redundant_with`` neighbour
   (the neighbour's readings are fed in by :class:`PlantScorer`)
 
+Level statistics see only the readings that tell about the process: not those of a start/stop machine that
+is stopped or settling (:class:`RunningGate`), nor those of an instrument the stuck check finds frozen
+(:class:`StuckGate`, which also makes their windowed references start afresh).
+
 Windows are set in seconds (settings) and turned into samples with the catalog's sample period.
 
 The streaming job scores in micro-batches (:meth:`EquipmentScorer.ingest` / :meth:`EquipmentScorer.flush`):
@@ -105,6 +109,10 @@ def sensor_detectors(ctx: SensorContext, cfg: AnalyticsSettings, utc_offset_s: i
 #: and the other health checks page at once.
 STATE_DRIVEN = frozenset({"mad", "ewma", "cusum", "seasonal"})
 
+#: The level statistics whose reference is a recent window: they start afresh when their instrument is found
+#: stuck (:class:`StuckGate`). The seasonal baseline keeps its days of learning (a frozen hour touches one slot).
+WINDOWED = frozenset({"mad", "ewma", "cusum"})
+
 #: A micro-batch with fewer samples of a sensor than its detector's ``resume_from`` is stepped sample by
 #: sample: numpy's cost per call would exceed the work (same answers either way). Tests set a number
 #: here to make every detector take the vectorised path.
@@ -156,6 +164,35 @@ class RunningGate:
         return out
 
 
+class StuckGate:
+    """Whether a sensor reads frozen, by the stuck check's own rule (a private :class:`Flatline`), in both
+    forms. A frozen transmitter says nothing about the process: while the stuck check flags it, the
+    sensor's level statistics neither score nor learn its readings, and when it is first flagged their
+    windowed references (:data:`WINDOWED`), which by then hold up to ``stuck_after_s`` of the frozen value,
+    are thrown away. Once the instrument reads again they learn the live process for a window before they
+    judge it; against a reference of the frozen value, the process's ordinary wander looked like a fault."""
+
+    def __init__(self, ctx: SensorContext, samples: int) -> None:
+        self.flatline = Flatline(ctx, samples=samples)
+        self.stuck = False  # whether the latest finite sample was flagged
+
+    def step(self, x: float) -> tuple[bool, bool]:
+        """Streaming, one finite sample: (frozen, first frozen sample of a run)."""
+        frozen = self.flatline.step(0, x)[1] > 0
+        started = frozen and not self.stuck
+        self.stuck = frozen
+        return frozen, started
+
+    def flags(self, x: FloatArray) -> tuple[np.ndarray, np.ndarray]:
+        """Over finite samples, continuing the state: (frozen, first frozen sample of a run) per sample."""
+        if len(x) == 0:
+            return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+        frozen = self.flatline.resume(np.zeros(len(x), dtype=np.int64), x).level > 0
+        started = frozen & ~np.concatenate([[self.stuck], frozen[:-1]])
+        self.stuck = bool(frozen[-1])
+        return frozen, started
+
+
 def _ns(times: pd.Series | pd.Index) -> np.ndarray:
     idx = pd.DatetimeIndex(times)
     idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
@@ -173,8 +210,13 @@ class EquipmentScorer:
         running = eq.type_spec.running
         self.running = RunningGate(running) if running is not None and running.sensor in eq.sensors else None
         reference_s = running.reference_s if self.running is not None and running is not None else None
+        self._built = (utc_offset_s, reference_s)
         self.detectors: dict[str, list[Detector]] = {
             sid: sensor_detectors(ctx, cfg, utc_offset_s, reference_s) for sid, ctx in self.contexts.items()}
+        # sensor -> whether it reads frozen, for the sensors with a stuck check and windowed level statistics
+        self.stuck_gates = {sid: StuckGate(self.contexts[sid], stuck[0].samples) for sid, dets in self.detectors.items()
+                            if (stuck := [d for d in dets if isinstance(d, Flatline)])
+                            and any(d.name in WINDOWED for d in dets)}
         self.tracker = EpisodeTracker()
         self.samples = 0
         self.unknown_sensors: set[str] = set()
@@ -258,6 +300,17 @@ class EquipmentScorer:
         if not readings.keys() <= self.detectors.keys():
             self.unknown_sensors.update(readings.keys() - self.detectors.keys())
 
+    def _restart(self, sensor: str, rule: str) -> Detector:
+        """A fresh level statistic in place of ``rule`` of ``sensor`` (in every list that holds it)."""
+        utc_offset_s, reference_s = self._built
+        fresh = next(d for d in sensor_detectors(self.contexts[sensor], self.cfg, utc_offset_s, reference_s)
+                     if d.rule == rule)
+        for dets in (self.detectors[sensor], self.batched[sensor]):
+            for j, d in enumerate(dets):
+                if d.rule == rule:
+                    dets[j] = fresh
+        return fresh
+
     def _observe(self, ts: int, readings: Mapping[str, float], settled: bool,
                  detectors: Mapping[str, list[Detector]]) -> list[Transition]:
         """One sample through ``detectors`` (sensor -> detectors) and the episodes."""
@@ -267,9 +320,16 @@ class EquipmentScorer:
             dets = detectors.get(sensor)
             if dets is None:
                 continue
+            frozen = False
+            gate = self.stuck_gates.get(sensor)
+            if gate is not None and math.isfinite(x):
+                frozen, started = gate.step(x)
+                if started:  # its windowed level statistics start afresh (:class:`StuckGate`)
+                    for d in [d for d in dets if d.name in WINDOWED]:
+                        self._restart(sensor, d.rule)
             for d in dets:
-                if not settled and d.name in STATE_DRIVEN:
-                    continue  # a machine starting or stopped: its level is its state, not news
+                if (frozen or not settled) and d.name in STATE_DRIVEN:
+                    continue  # a machine starting or stopped, a frozen instrument: not news of the process
                 t = observe(d, ts, x)
                 if t is not None:
                     out.append(t)
@@ -349,14 +409,30 @@ class EquipmentScorer:
             if not mask.any():
                 continue
             ts, x = ts_all[mask], x_all[mask]
-            if settled is not None:
-                gated = mask & settled
+            gate = self.stuck_gates.get(sensor)
+            gating = settled is not None or gate is not None
+            cuts: list[int] = []  # where the windowed statistics start afresh, among the gated samples
+            if gating:
+                gated = mask & settled if settled is not None else mask.copy()
+                if gate is not None:
+                    frozen, started = gate.flags(x)
+                    rows = np.flatnonzero(mask)
+                    gated[rows[frozen]] = False
+                    cuts = np.searchsorted(np.flatnonzero(gated), rows[started]).tolist()
                 ts_gated, x_gated = ts_all[gated], x_all[gated]
-            for d in dets:
-                if settled is not None and d.name in STATE_DRIVEN:
-                    out.extend(score(d, ts_gated, x_gated))
-                else:
+            for d in list(dets):
+                if not gating or d.name not in STATE_DRIVEN:
                     out.extend(score(d, ts, x))
+                elif not cuts or d.name not in WINDOWED:
+                    out.extend(score(d, ts_gated, x_gated))
+                else:  # a fresh detector from each time the instrument was found frozen, as in `_observe`
+                    bounds = [0, *cuts, len(x_gated)]
+                    for k in range(len(bounds) - 1):
+                        if k > 0:
+                            d = self._restart(sensor, d.rule)
+                        lo, hi = bounds[k], bounds[k + 1]
+                        if hi > lo:
+                            out.extend(score(d, ts_gated[lo:hi], x_gated[lo:hi]))
         return out
 
     def run(self, frame: pd.DataFrame) -> list[Transition]:

@@ -587,6 +587,40 @@ def test_a_level_statistic_pages_only_once_its_anomaly_has_lasted() -> None:
     assert first.episode.severity == "warning", "confirm_s = 0: the first flag pages"
 
 
+def test_a_frozen_instrument_is_not_learnt_by_the_level_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Methane reads frozen for 20 minutes, then live again with its ordinary wander. The stuck check
+    pages; the level statistics neither score nor learn the frozen readings and start afresh when it
+    fires, so the live process after the repair is compared with the live process. Stream, batch and
+    micro-batches agree."""
+    import analytics.engine as engine
+
+    rng = np.random.default_rng(17)
+    n = 3600
+    x = 0.4 + 0.02 * rng.standard_normal(n)
+    x[900:2100] = x[899]  # frozen from 15 min to 35 min
+    ts = T0 + np.arange(n, dtype=np.int64) * 1_000_000_000
+    frame = _frame(ts, ch4_pct=x)
+    cfg = AnalyticsSettings(window_s=300, hop_s=30, stuck_after_s=120)
+    batch = EquipmentScorer(GAS, cfg).run(frame)
+    fired = {(t.episode.rule, t.episode.severity) for t in batch if t.kind in ("firing", "escalated")}
+    assert ("health:stuck:ch4_pct", "warning") in fired
+    assert not {r for r, _ in fired if r.split(":")[0] in STATE_DRIVEN}, "the live wander after it is no fault"
+    key = lambda t: (t.ts, t.kind, t.episode.rule, t.episode.severity, t.message)  # noqa: E731
+    assert sorted(map(key, _live(EquipmentScorer(GAS, cfg), frame))) == sorted(map(key, batch))
+    monkeypatch.setattr(engine, "VECTORISE_FROM", 1)
+    chunked = EquipmentScorer(GAS, cfg)
+    micro = []
+    for lo in range(0, n, 450):  # micro-batches across the freeze and the repair
+        for i in range(lo, min(lo + 450, n)):
+            micro += chunked.ingest(int(ts[i]), {"ch4_pct": float(x[i])})
+        micro += chunked.flush()
+    assert sorted(map(key, micro)) == sorted(map(key, batch))
+    # Learning the frozen value made the live process an anomaly: what this test guards.
+    learnt = EquipmentScorer(GAS, cfg)
+    learnt.stuck_gates = {}
+    assert {t.episode.rule for t in learnt.run(frame) if t.kind == "firing"} & {"mad:ch4_pct", "ewma:ch4_pct"}
+
+
 def _bof_heats() -> pd.DataFrame:
     """Eight heats of a BOF converter (40 min tap to tap, a 16 min blow). The blowing pattern sets a
     different oxygen flow and lance height for every heat; off-gas CO follows the blow with a 30 s lag
