@@ -6,7 +6,10 @@ docs/benchmarks.md, *ingest*). :class:`LeanPublishClient` reads a QoS 1 MQTT 5 P
 itself and hands paho's own ``MQTTMessage`` to paho's own dispatch; any other packet (QoS 0 or 2, properties
 such as a topic alias, MQTT 3.1.1, anything short) goes through paho unchanged. The override touches paho
 internals (``_handle_publish``, ``_in_packet``), so it is used only with the paho versions it was checked
-against; tests/test_ingest_mqtt_client.py compares it with paho's own decoding.
+against; tests/test_ingest_mqtt_client.py compares it with paho's own decoding. It also acknowledges a batch
+of messages with one write (``ack_qos1``: the PUBACKs paho's ``ack`` sends one at a time, byte for byte), and
+both classes below read the socket 64 kB at a time instead of three ``recv`` calls and a ``select`` per
+packet (``_BufferedReads``).
 
 :class:`LeanPublisher` is the other direction, for the ingest benchmark's load generator: paho's
 ``publish()`` and PUBACK handling cost ~70 µs of Python per QoS 1 message (a wake-up byte on paho's socket
@@ -20,6 +23,7 @@ a PUBACK with an error or properties, reconnection) is paho's.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Literal
 
 import paho.mqtt.client as mqtt
@@ -31,13 +35,63 @@ CHECKED_PAHO = ("2.1.", "2.2.")
 LEAN = paho_version.startswith(CHECKED_PAHO)
 
 _U16 = struct.Struct("!H")
+_READ_BYTES = 65536
 _QOS_MASK, _QOS_1, _DUP, _RETAIN = 0x06, 0x02, 0x08, 0x01
 _PUBLISH_QOS_1 = b"\x32"
+_PUBACK_WORD = 0x4002_0000  # PUBACK, remaining length 2, then the packet id: paho's ack(mid, 1), as one integer
 _NO_PROPERTIES = b"\x00"
 
 
-class LeanPublishClient(mqtt.Client):
-    """``paho.mqtt.client.Client`` that reads a QoS 1 MQTT 5 PUBLISH without properties in a few steps."""
+class _BufferedReads(mqtt.Client):
+    """paho reads a packet with three ``recv`` calls (its first byte, its length, the rest) and handles one
+    packet per ``select`` in its network loop; this reads up to 64 kB at once and hands paho its bytes from
+    memory, and ``loop_read`` goes on until the bytes read are used up, so nothing waits in the buffer for a
+    ``select`` that would not come. Cleared with the socket, so no byte crosses to a new connection."""
+
+    _read_buffer = b""
+    _read_at = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_at >= len(self._read_buffer):
+            data = super()._sock_recv(_READ_BYTES)  # BlockingIOError when nothing is waiting, as before
+            if not data:
+                return data  # the connection closed
+            self._read_buffer, self._read_at = data, 0
+        chunk = self._read_buffer[self._read_at:self._read_at + bufsize]
+        self._read_at += len(chunk)
+        return chunk
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read_buffer) and self._sock:
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _sock_close(self) -> None:
+        self._read_buffer, self._read_at = b"", 0
+        super()._sock_close()
+
+
+class LeanPublishClient(_BufferedReads):
+    """``paho.mqtt.client.Client`` that reads a QoS 1 MQTT 5 PUBLISH without properties in a few steps, and
+    acknowledges many QoS 1 messages with one write."""
+
+    def ack_qos1(self, mids: Sequence[int]) -> MQTTErrorCode:
+        """Acknowledge QoS 1 messages (manual acknowledgement) in the order given, as one write.
+
+        The bytes are those of ``ack(mid, 1)`` for each (paho's 4-byte PUBACK: MQTT 5 omits the reason code
+        of a success), queued as one packet: one wake-up of the network thread and one ``send`` for a whole
+        batch instead of one of each per message, on the thread that also reads every message.
+        """
+        if not mids:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        if not LEAN:
+            rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+            for mid in mids:
+                rc = self.ack(mid, 1) or rc
+            return rc
+        packet = struct.pack(f"!{len(mids)}I", *[_PUBACK_WORD | mid for mid in mids])
+        return self._packet_queue(mqtt.PUBACK, packet, 0, 1)
 
     def _handle_publish(self) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
@@ -69,7 +123,7 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-class LeanPublisher(mqtt.Client):
+class LeanPublisher(_BufferedReads):
     """``paho.mqtt.client.Client`` with a cheap QoS 1 publish for a load generator (MQTT 5 only).
 
     ``publish_qos1(topic, payload)`` sends at once; the caller keeps ``in_flight`` within the broker's receive

@@ -125,8 +125,10 @@ class IngestService:
         self._writer = BatchWriter(self._influx, retry_initial_s=cfg.retry_initial_s, retry_max_s=cfg.retry_max_s,
                                    observe=self._observe_write, ensure_database=self._ensure_database)
         self._spool = Spool(spool_dir(settings, self.client_id), cfg.spool_max_mb * 1_000_000)
-        self._client = make_client(settings.mqtt, self.client_id, ca_file=settings.mqtt_ca_file, manual_ack=True,
-                                   client_class=LeanPublishClient)
+        client = make_client(settings.mqtt, self.client_id, ca_file=settings.mqtt_ca_file, manual_ack=True,
+                             client_class=LeanPublishClient)
+        assert isinstance(client, LeanPublishClient)
+        self._client = client
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -482,10 +484,11 @@ class IngestService:
     def _ack(self, b: _Batch) -> None:
         with self._conn_lock:
             if b.epoch == self._epoch and self._connected:
-                ack = self._client.ack
+                # The subscription is QoS 1, so the broker sends at most QoS 1: one write acknowledges them all.
+                self._client.ack_qos1([mid for mid, qos in b.acks if qos == 1])
                 for mid, qos in b.acks:
-                    if qos:
-                        ack(mid, qos)
+                    if qos == 2:  # never with the QoS 1 subscription; acknowledged the way paho does
+                        self._client.ack(mid, qos)
             # else: the connection they came on is gone; the broker redelivers them to the resumed session
         self._settled += len(b.acks)
 

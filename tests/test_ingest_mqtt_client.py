@@ -3,6 +3,7 @@ benchmark's lean publisher sends exactly paho's packets and sees every PUBACK, t
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import time
@@ -130,3 +131,68 @@ def test_lean_publisher_delivers_every_message_and_counts_every_puback(mosquitto
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+def _queued_packets(client: Client) -> list[bytes]:
+    queued: list[bytes] = []
+    client._packet_queue = lambda _cmd, packet, *_a: queued.append(bytes(packet))  # type: ignore[method-assign,assignment]
+    return queued
+
+
+@settings(max_examples=100, deadline=None)
+@given(mids=st.lists(st.integers(1, 65535), max_size=3000))
+def test_one_write_acknowledges_a_batch_as_paho_would_one_by_one(mids: list[int]) -> None:
+    paho = Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+    one_by_one = _queued_packets(paho)
+    for mid in mids:
+        paho.ack(mid, 1)
+    lean = LeanPublishClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=MQTTProtocolVersion.MQTTv5,
+                             manual_ack=True)
+    batched = _queued_packets(lean)
+    lean.ack_qos1(mids)
+    assert b"".join(batched) == b"".join(one_by_one)  # the same PUBACKs, in the same order
+    assert len(batched) == (1 if mids else 0)
+
+
+def _publish_packet(topic: bytes, mid: int, payload: bytes, qos: int) -> bytes:
+    body = struct.pack("!H", len(topic)) + topic + (struct.pack("!H", mid) if qos else b"") + b"\x00" + payload
+    length, n = bytearray(), len(body)
+    while True:
+        n, digit = divmod(n, 128)
+        length.append(digit | 0x80 if n else digit)
+        if not n:
+            break
+    return bytes([0x30 | (qos << 1)]) + bytes(length) + body
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages=st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=3000),
+                                   st.sampled_from([0, 1])), min_size=1, max_size=40),
+       cuts=st.lists(st.integers(0, 200_000), max_size=30))
+def test_buffered_reads_deliver_every_message_the_socket_brought(messages: list[tuple[bytes, bytes, int]],
+                                                                 cuts: list[int]) -> None:
+    # Messages arrive in arbitrary pieces; after each piece one loop_read (what a select waking up does) must
+    # deliver every message that is complete by then: none may wait in the buffer for data that never comes.
+    stream = b"".join(_publish_packet(t, i + 1, p, q) for i, (t, p, q) in enumerate(messages))
+    ends = [sum(len(_publish_packet(t, i + 1, p, q)) for i, (t, p, q) in enumerate(messages[:k + 1]))
+            for k in range(len(messages))]
+    client = LeanPublishClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=MQTTProtocolVersion.MQTTv5,
+                               manual_ack=True)
+    got: list[tuple[bytes, bytes, int]] = []
+    client.on_message = lambda _c, _u, m: got.append((m._topic, bytes(m.payload), m.qos))
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    try:
+        sent = 0
+        for cut in [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]:
+            broker.sendall(stream[sent:cut])
+            sent = max(sent, cut)
+            for _ in range(len(stream[:sent]) // 65536 + 1):  # a select fires once per readable socket buffer
+                client.loop_read()
+            assert len(got) == sum(1 for end in ends if end <= sent)
+        assert got == [(t, p, q) for t, p, q in messages]
+    finally:
+        client._sock = None
+        ours.close()
+        broker.close()
