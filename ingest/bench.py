@@ -3,15 +3,20 @@
 Runs its own Mosquitto and influxd (``smartmine.services``) in a temporary folder, so the figures do not
 depend on what else runs, and:
 
-1. **raw ceiling**: the same points as line protocol, gzip'd and posted straight to ``/write`` by two
-   threads (bodies encoded before the clock starts): what InfluxDB itself takes on this machine;
-2. **end to end**: a publisher process sends every message (QoS 1) as fast as the broker takes it,
-   ``--workers`` ingest processes (``python -m smartmine.cli ingest``, one shared-subscription group)
-   write them; the rate is readings / (last point queryable − first publish);
+1. **raw ceiling**: the same points as line protocol, gzip'd (as ingest does) and posted straight to
+   ``/write`` by two threads (bodies encoded before the clock starts): what InfluxDB itself takes here;
+2. **end to end**: a publisher process sends every message (QoS 1, every PUBACK counted) as fast as the
+   broker takes it, ``--workers`` ingest processes (``python -m smartmine.cli ingest``, one
+   shared-subscription group) write them; the rate is readings / (last point queryable − first publish),
+   polled every 50 ms on the newest points and confirmed by counting every point;
 3. **latency**: the publisher paces at half that rate for ``--latency-seconds``; a poller counts each
    equipment's stored points every 50 ms, so a message's latency is the first poll that sees it minus its
    publish time (50 ms resolution);
 4. **loss**: readings published minus readings stored, after both phases.
+
+Beside the rates, the CPU time each process spent per reading (from /proc, so independent of what else
+the machine ran): influxd in the ceiling and in the end-to-end phase, and ingest, Mosquitto, the publisher
+and the bench's own poller end to end. On a shared machine those are the steady figures.
 
 Message shape: by default each message is a whole sample of one stave-thermocouple array of a blast furnace
 (``--readings-per-message`` sensors, 100 by default), from a catalog written for the bench; the built-in
