@@ -145,6 +145,7 @@ class IngestService:
 
         self._lock = threading.Lock()        # open batch and sealed queue (network thread <-> writer)
         self._wake = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)  # the in-flight window has room again (see _on_message)
         self._conn_lock = threading.Lock()   # connection epoch vs. acknowledgements
         self._open: _Batch | None = None
         self._sealed: deque[_Batch] = deque()
@@ -198,6 +199,7 @@ class IngestService:
             self._stopping = True
             self._seal_locked()
             self._wake.notify()
+            self._room.notify_all()
         self._writer_thread.join(timeout_s)
         if self._writer_thread.is_alive():
             log.error("writer did not finish within %.0f s; unacknowledged messages will be redelivered", timeout_s)
@@ -317,6 +319,15 @@ class IngestService:
                     or len(b.acks) >= self._max_batch_messages):
                 self._seal_locked()
                 self._wake.notify()
+            # Our own in-flight window. Mosquitto 2.0 does not hold to the receive maximum we ask for: in a
+            # backlog it sends thousands of QoS 1 messages beyond it (2,700 unacknowledged to a client that
+            # asked for 20; docs/ingest.md), and each one held here costs memory until its batch is written.
+            # So the network thread stops reading until writes have settled some: the backlog waits in the
+            # broker's queue (bounded by its max_queued_messages), not in this process.
+            while self._received - self._settled >= self.cfg.receive_maximum and not self._stopping:
+                self._seal_locked()  # what is held must be written for the window to open again
+                self._wake.notify()
+                self._room.wait(1.0)
 
     def _seal_if_due_locked(self, now: float) -> None:
         if self._open is not None and (self._stopping or now - self._open.opened >= self.cfg.flush_interval_s):
@@ -490,15 +501,19 @@ class IngestService:
                     if qos == 2:  # never with the QoS 1 subscription; acknowledged the way paho does
                         self._client.ack(mid, qos)
             # else: the connection they came on is gone; the broker redelivers them to the resumed session
-        self._settled += len(b.acks)
+        self._settle(len(b.acks))
+
+    def _settle(self, messages: int) -> None:
+        with self._lock:
+            self._settled += messages
+            self._room.notify()
 
     def _abandon_pending(self) -> None:
         """At shutdown with InfluxDB down and the spool full: leave these to the broker's redelivery."""
         n = sum(len(b.acks) for b in self._pending)
         log.error("stopping with %d messages neither written nor spooled; they stay unacknowledged on the "
                   "broker and are redelivered on restart", n)
-        for b in self._pending:
-            self._settled += len(b.acks)
+        self._settle(sum(len(b.acks) for b in self._pending))
         self._pending.clear()
 
     def _influx_down(self, exc: Exception) -> None:

@@ -57,6 +57,35 @@ def test_every_reading_stored_exactly_once(service: IngestService, publisher: Pu
     assert service.totals.dead_letters == 0
 
 
+def test_a_backlog_waits_in_the_broker_not_in_ingest(settings: Settings, influx: InfluxClient,
+                                                    publisher: Publisher, catalog: Catalog) -> None:
+    """Mosquitto 2.0 sends a resumed session its queued QoS 1 messages far beyond the receive maximum the
+    client asked for; ingest still never holds more unacknowledged messages than its window, and the whole
+    backlog is stored exactly once."""
+    window = 20
+    cfg = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"receive_maximum": window})})
+    client_id = f"ingest-window-{settings.topic_prefix}"
+    first = IngestService(cfg, client_id=client_id, metrics_port=0)
+    first.start()
+    wait_until(lambda: first.health()[0], 10, "ingest connected")
+    first.stop()  # the persistent session stays on the broker and queues what follows
+    sent = samples(catalog, 2000, equipment=10, seed=7)
+    publisher.publish_samples(sent)
+
+    svc = IngestService(cfg, client_id=client_id, metrics_port=0)
+    peak = 0
+    svc.start()
+    try:
+        deadline = time.monotonic() + 60
+        while svc.totals.messages < len(sent) and time.monotonic() < deadline:
+            peak = max(peak, svc.health()[1]["unacknowledged"])
+            time.sleep(0.001)
+    finally:
+        svc.stop()
+    assert 0 < peak <= window, f"ingest held {peak} unacknowledged messages with a window of {window}"
+    assert_stored_exactly(influx, sent)
+
+
 def _dead_letter_subscriber(settings: Settings) -> tuple[object, list[dict]]:
     from smartmine.mqtt import make_client
 
