@@ -27,6 +27,7 @@ from smartmine.cli import parse_duration
 from smartmine.config import Settings, load_settings
 from smartmine.errors import UsageError
 from smartmine.influx import InfluxClient, InfluxError, quote_ident, quote_string
+from smartmine.schema import ts_ns
 from smartmine.wire import SEVERITY_RANK
 
 __all__ = ["PLOT_GROUPS", "PlotGroup", "parse_when", "run_report"]
@@ -82,10 +83,6 @@ def parse_when(text: str, now: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def _ns(ts: datetime) -> int:
-    return int(ts.timestamp()) * 1_000_000_000 + ts.microsecond * 1000
-
-
 # ---------------------------------------------------------------------------------------------------- data
 @dataclass
 class Period:
@@ -93,7 +90,7 @@ class Period:
     end: datetime
 
     def where(self) -> str:
-        return f"time >= {_ns(self.start)} AND time <= {_ns(self.end)}"
+        return f"time >= {ts_ns(self.start)} AND time <= {ts_ns(self.end)}"
 
 
 @dataclass
@@ -162,7 +159,7 @@ class Reader:
                          f"{quote_ident(s + '__min')}, max({quote_ident(s)}) AS {quote_ident(s + '__max')}"
                          for s in sensors)
         return self.client.query_df(
-            f"SELECT {cols} FROM {quote_ident(eq_type)} WHERE time >= {_ns(start)} AND time <= {_ns(end)} "
+            f"SELECT {cols} FROM {quote_ident(eq_type)} WHERE time >= {ts_ns(start)} AND time <= {ts_ns(end)} "
             f"AND site = {quote_string(site)} GROUP BY time({bucket_s}s), equipment fill(none)")
 
     def anomalies(self) -> pd.DataFrame:

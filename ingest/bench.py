@@ -333,10 +333,6 @@ def _wait_stored(client: Any, expected: int, newest: tuple[int, int], stall_s: f
         time.sleep(POLL_S)
 
 
-def _ns(t: datetime) -> int:
-    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
-
-
 def _pid(service: Any) -> int:
     assert service.process is not None, f"{service.name} is not running"
     return int(service.process.pid)
@@ -345,6 +341,7 @@ def _pid(service: Any) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from smartmine.config import IngestSettings
     from smartmine.influx import InfluxClient
+    from smartmine.schema import ts_ns
     from smartmine.services import Influxd, Mosquitto, free_port, wait_for
 
     shape = Shape(args.readings_per_message, args.equipment)
@@ -388,7 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t_e2e = now - timedelta(hours=1)
         pub = _Publisher(broker.url, shape, args.messages, t_e2e)
         last_k = (args.messages - 1) // shape.equipment  # the newest messages: the last round over the equipment
-        newest = (_ns(t_e2e + timedelta(milliseconds=10 * last_k)), args.messages - last_k * shape.equipment)
+        newest = (ts_ns(t_e2e + timedelta(milliseconds=10 * last_k)), args.messages - last_k * shape.equipment)
         meter = _CpuMeter({"influxd": [_pid(influxd)], "mosquitto": [_pid(broker)],
                            "ingest": [w.pid for w in workers], "bench_poller": [os.getpid()]})
         meter.start()
@@ -424,7 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while len(seen) < lat_count and time.monotonic() < deadline:
             # Only the messages newer than those every equipment has stored: a small query however long it runs.
             floor = min(stored)
-            counts = _count(influx, _ns(t_lat + timedelta(milliseconds=10 * floor)), by_equipment=True)
+            counts = _count(influx, ts_ns(t_lat + timedelta(milliseconds=10 * floor)), by_equipment=True)
             t = time.time()
             for e, eid in enumerate(equipment):
                 n = floor + counts.get(eid, 0)

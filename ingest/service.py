@@ -513,7 +513,7 @@ class IngestService:
         n = sum(len(b.acks) for b in self._pending)
         log.error("stopping with %d messages neither written nor spooled; they stay unacknowledged on the "
                   "broker and are redelivered on restart", n)
-        self._settle(sum(len(b.acks) for b in self._pending))
+        self._settle(n)
         self._pending.clear()
 
     def _influx_down(self, exc: Exception) -> None:
