@@ -152,7 +152,8 @@ class BoardFactory:
         }
         alerts = {"name": self.t("active_alerts"), "enable": True, "iconColor": "orange",
                   "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                  "target": {"type": "tags", "tags": ["smartmine", "alert"], "matchAny": False, "limit": 100}}
+                  "target": {"refId": "Anno", "type": "tags", "tags": ["smartmine", "alert"], "matchAny": False,
+                             "limit": 100}}
         self._annotations[uid] = [anomalies, alerts]
         return d
 
@@ -222,6 +223,7 @@ class BoardFactory:
     def _finish(self, d: board.Dashboard) -> Board:
         data = json.loads(json.dumps(d.build(), cls=JSONEncoder))
         data["annotations"] = {"list": self._annotations.pop(data["uid"])}
+        data.pop("style", None)  # the SDK's 10.1 model has the dark/light style Grafana 10.4's Dashboard dropped
         data["id"] = None  # an upsert by uid (POST /api/dashboards/db) needs no numeric id
         for number, panel in enumerate(data.get("panels", []), start=1):
             panel["id"] = number  # Grafana links panels (view, share, annotations) by their id
@@ -229,6 +231,9 @@ class BoardFactory:
                 panel["options"] = {}
         for var in data.get("templating", {}).get("list", []):
             var.pop("id", None)  # the SDK's all-zero placeholder id means nothing to Grafana
+            if var["type"] != "interval":  # the SDK writes the interval variable's auto fields on every variable;
+                for key in ("auto", "auto_min", "auto_count"):  # Grafana 10.4's VariableModel has none of them
+                    var.pop(key, None)
         return Board(uid=data["uid"], title=data["title"], json=data)
 
     # ------------------------------------------------------------------ the boards

@@ -31,3 +31,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+# The dashboards' type check (tests/test_dashboards.py): Grafana's @grafana/schema and tsc, pinned in
+# dashboards/schema-check/package-lock.json; needs Node.js 20 and npm.
+if [ ! -x dashboards/schema-check/node_modules/.bin/tsc ] \
+   || [ dashboards/schema-check/package-lock.json -nt dashboards/schema-check/node_modules/.package-lock.json ]; then
+  command -v npm >/dev/null 2>&1 || need_npm=1
+  if [ -n "${need_npm:-}" ]; then
+    echo "== installing Debian packages: nodejs npm"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  echo "== installing the dashboards' type check (npm ci in dashboards/schema-check)"
+  (cd dashboards/schema-check && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -1,8 +1,10 @@
-"""The generated Grafana boards: valid against the dashboard JSON model, every query returns data from the
-real influxd holding simulated telemetry, and `push` speaks Grafana's documented HTTP API."""
+"""The generated Grafana boards: typed by Grafana's own published schema (@grafana/schema, checked by tsc),
+every query returns data from the real influxd holding simulated telemetry, and `push` speaks Grafana's
+documented HTTP API."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -11,17 +13,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 from grafana_api import GrafanaRecorder
-from grafana_dashboard_schema import DASHBOARD_SCHEMA
 
 from alerts.model import Alert, Notification
 from alerts.notifiers.history import history_point
 from dashboards.boards import Board, BoardError, BoardFactory
 from dashboards.check import check_board
 from dashboards.push import push
+from dashboards.typecheck import typecheck
 from smartmine.catalog import Catalog, load_catalog
 from smartmine.catalog.model import Limit
 from smartmine.cli import main
@@ -48,12 +49,28 @@ def steps(panel: dict[str, Any]) -> list[tuple[float | None, str]]:
 
 
 # ------------------------------------------------------------------ the model
-def test_every_board_validates_against_the_dashboard_model(boards: list[Board]) -> None:
-    validator = jsonschema.Draft202012Validator(DASHBOARD_SCHEMA)
+def test_every_board_type_checks_as_grafanas_dashboard() -> None:
+    """Both languages' boards against @grafana/schema 10.4.2 (docker-compose runs Grafana 10.4.2)."""
+    boards = BoardFactory(CATALOG, language="en").all() + BoardFactory(CATALOG, language="zh").all()
+    result = typecheck(boards)
+    assert result.ok, f"{result.file}:\n{result.output}"
+
+
+def test_a_board_grafana_would_misread_fails_the_type_check_with_tscs_message() -> None:
+    good = BoardFactory(CATALOG).equipment_board("belt_conveyor")
+    broken = copy.deepcopy(good.json)
+    broken["panels"][0]["gridPos"]["h"] = "8"  # a string where Grafana's GridPos has a number
+    broken["panels"][1]["fieldConfig"]["defaults"]["unitt"] = "celsius"  # a key Grafana does not know
+    result = typecheck([Board(uid=good.uid, title=good.title, json=broken)])
+    assert not result.ok
+    assert "Type 'string' is not assignable to type 'number'" in result.output
+    assert "'\"unitt\"' does not exist" in result.output
+    result.file.unlink()
+
+
+def test_every_board_keeps_its_panels_apart_and_its_variables_defined(boards: list[Board]) -> None:
     assert len({b.uid for b in boards}) == len(boards)
     for b in boards:
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(b.json)]
-        assert errors == [], b.uid
         ids = [p["id"] for p in b.json["panels"]]
         assert len(set(ids)) == len(ids), f"{b.uid}: panel ids repeat"
         cells: set[tuple[int, int]] = set()
