@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from analytics.detector import Anomaly, SensorContext, about
 from analytics.engine import EquipmentScorer, PlantScorer, utc_offset
 from analytics.episodes import Episode, Transition
 from analytics.store import AnomalySink, CollectingSink, EventPublisher, InfluxAnomalySink, write_all
+from smartmine import timespec
 from smartmine.catalog import Catalog
 from smartmine.config import Settings
 from smartmine.errors import UsageError
@@ -292,24 +292,9 @@ class StreamJob:
 
 
 # ------------------------------------------------------------------------------------------------ batch
-_RELATIVE = re.compile(r"^(?:now)?-(\d+(?:\.\d+)?)(s|m|h|d)$")
-
-
 def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """``now``, ``now-2h`` / ``now-30m`` / ``now-7d`` (or ``-2h``), or ISO 8601 (UTC when no offset is given)."""
-    now = now or datetime.now(UTC)
-    if text == "now":
-        return now
-    m = _RELATIVE.match(text)
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return now - timedelta(**{unit: float(m.group(1))})
-    try:
-        ts = pd.Timestamp(text)
-    except ValueError:
-        raise UsageError(f"time {text!r} is neither 'now', a relative time like -2h, nor ISO 8601") from None
-    ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
+    """``now``, ``now-2h`` / ``-2h``, ISO 8601 (UTC when no offset is given): the shared grammar, smartmine.timespec."""
+    return timespec.parse_instant(text, now)
 
 
 def equipment_query(scorer: EquipmentScorer, start: datetime, end: datetime) -> str:

@@ -22,8 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from smartmine import timespec
 from smartmine.catalog import Catalog, Limit, ResolvedEquipment, load_catalog
-from smartmine.cli import parse_duration
 from smartmine.config import Settings, load_settings
 from smartmine.errors import UsageError
 from smartmine.influx import InfluxClient, InfluxError, quote_ident, quote_string
@@ -68,19 +68,8 @@ PLOT_GROUPS: tuple[PlotGroup, ...] = (
 )
 
 def parse_when(text: str, now: datetime) -> datetime:
-    """``now``, a duration back from now (``90s``, ``30m``, ``1h``, ``2d``) or an ISO 8601 time (UTC if naive)."""
-    text = text.strip()
-    if text == "now":
-        return now
-    try:
-        return now - timedelta(seconds=parse_duration(text))
-    except argparse.ArgumentTypeError:
-        pass
-    try:
-        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{text!r} is neither a duration (30m, 1h, 2d) nor an ISO 8601 time") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    """``now``, ``now-1h``, a duration back from now (``90s``, ``1h``) or ISO 8601: smartmine.timespec."""
+    return timespec.parse_instant(text, now)
 
 
 # ---------------------------------------------------------------------------------------------------- data

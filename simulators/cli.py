@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--scenario", metavar="FILE|NAME", help="faults to inject: a YAML file or a shipped name "
                                                            "(--list-scenarios)")
-    p.add_argument("--start", metavar="ISO8601", help="simulated start time (default: now, to the second); "
-                                                      "in the past for a historical backfill")
+    p.add_argument("--start", metavar="T", help="simulated start time: ISO 8601, now-1d, 2h (ago) (default: now, "
+                                                "to the second); in the past for a historical backfill")
     p.add_argument("--duration", metavar="D", help="simulated time to run, e.g. 90s, 2h, 1d "
                                                    "(default: until stopped; required with --speed max)")
     p.add_argument("--speed", default="1", metavar="X|max", help="X times real time, or max (default 1)")

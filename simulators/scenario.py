@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import difflib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from smartmine import timespec
 from smartmine.catalog import Catalog
 from smartmine.cli import parse_duration as cli_duration
 from smartmine.errors import UsageError
@@ -47,12 +48,8 @@ def parse_duration(text: str | float | int, what: str = "duration") -> float:
 
 
 def parse_time(text: str, what: str = "time") -> datetime:
-    """An ISO 8601 time; without an offset it is taken as UTC."""
-    try:
-        ts = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{what} {text!r} is not an ISO 8601 time (example: 2026-11-27T08:00:00Z)") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    """A time in the shared grammar (ISO 8601, UTC without an offset; ``now-1h``...): smartmine.timespec."""
+    return timespec.parse_instant(text, what=what)
 
 
 class FaultSpec(BaseModel):

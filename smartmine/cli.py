@@ -12,12 +12,11 @@ import importlib
 import importlib.util
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from smartmine import __version__
+from smartmine import __version__, timespec
 
 # Stage command modules, in the order data travels. Each exposes register(subparsers).
 STAGE_COMMANDS: tuple[str, ...] = (
@@ -34,24 +33,8 @@ STAGE_COMMANDS: tuple[str, ...] = (
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """An argparse ``type=`` for durations: ``90``, ``90s``, ``15m``, ``2h``, ``1h30m``, ``1d`` -> seconds."""
-    s = text.strip().replace(" ", "")
-    if re.fullmatch(r"\d+(?:\.\d+)?", s):
-        return float(s)
-    pos, seconds = 0, 0.0
-    for m in _DURATION_PART.finditer(s):
-        if m.start() != pos:
-            break
-        seconds += float(m.group(1)) * _DURATION_UNIT_S[m.group(2)]
-        pos = m.end()
-    if not s or pos != len(s):
-        raise argparse.ArgumentTypeError(f"duration {text!r} is not understood; use e.g. 90s, 15m, 2h, 1h30m or 1d")
-    return seconds
+# Spans keep their old name here: every stage's command line imports it as smartmine.cli.parse_duration.
+parse_duration = timespec.parse_duration
 
 
 def settings_from(args: argparse.Namespace) -> Any:
@@ -179,9 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from smartmine.errors import USER_ERRORS
 
+    user_errors: tuple[type[BaseException], ...] = (*USER_ERRORS, timespec.TimeSpecError)
     try:
         result = args.func(args)
-    except USER_ERRORS as exc:
+    except user_errors as exc:
         print(f"smartmine: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
