@@ -6,7 +6,9 @@ docs/benchmarks.md, *ingest*). :class:`LeanPublishClient` reads a QoS 1 MQTT 5 P
 itself and hands paho's own ``MQTTMessage`` to paho's own dispatch; any other packet (QoS 0 or 2, properties
 such as a topic alias, MQTT 3.1.1, anything short) goes through paho unchanged. The override touches paho
 internals (``_handle_publish``, ``_in_packet``), so it is used only with the paho versions it was checked
-against; tests/test_ingest_mqtt_client.py compares it with paho's own decoding. It also acknowledges a batch
+against (``CHECKED_PAHO``, and pyproject.toml pins paho-mqtt to them; with any other paho every override
+below steps aside for paho's own code, and the first client logs which path runs);
+tests/test_ingest_mqtt_client.py compares it with paho's own decoding. It also acknowledges a batch
 of messages with one write (``ack_qos1``: the PUBACKs paho's ``ack`` sends one at a time, byte for byte), and
 both classes below read the socket 64 kB at a time instead of three ``recv`` calls and a ``select`` per
 packet (``_BufferedReads``).
@@ -22,9 +24,10 @@ a PUBACK with an error or properties, reconnection) is paho's.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt import __version__ as paho_version
@@ -33,6 +36,24 @@ from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 # paho versions whose PUBLISH handling this mirrors (client.Client._handle_publish, _packet.decode_publish).
 CHECKED_PAHO = ("2.1.", "2.2.")
 LEAN = paho_version.startswith(CHECKED_PAHO)
+
+log = logging.getLogger(__name__)
+_path_logged = False
+
+
+def log_path_once() -> bool:
+    """Log, once per process, whether the overrides run or plain paho does (an unchecked paho version)."""
+    global _path_logged
+    if not _path_logged:
+        _path_logged = True
+        if LEAN:
+            log.info("paho-mqtt %s: the fast path runs (own QoS 1 PUBLISH reading, 64 kB reads, batched PUBACKs)",
+                     paho_version)
+        else:
+            log.warning("paho-mqtt %s is not a version the fast path was checked against (%s): plain paho runs, "
+                        "slower (docs/ingest.md, 'Fast path')", paho_version, ", ".join(v + "x" for v in CHECKED_PAHO))
+        return True
+    return False
 
 _U16 = struct.Struct("!H")
 _READ_BYTES = 65536
@@ -51,7 +72,13 @@ class _BufferedReads(mqtt.Client):
     _read_buffer = b""
     _read_at = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        log_path_once()
+
     def _sock_recv(self, bufsize: int) -> bytes:
+        if not LEAN:
+            return super()._sock_recv(bufsize)
         if self._read_at >= len(self._read_buffer):
             data = super()._sock_recv(_READ_BYTES)  # BlockingIOError when nothing is waiting, as before
             if not data:
@@ -63,7 +90,7 @@ class _BufferedReads(mqtt.Client):
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read_buffer) and self._sock:
+        while LEAN and rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_at < len(self._read_buffer) and self._sock:
             rc = super().loop_read(max_packets)
         return rc
 

@@ -65,3 +65,21 @@ def test_the_check_names_the_file_and_line_of_a_new_import(tmp_path: Path) -> No
     (tmp_path / "analytics" / "jobs.py").write_text("from analytics.engine import PlantScorer\n", encoding="utf-8")
     assert cross_stage_imports(tmp_path) == [("ingest/service.py", 5, "analytics.engine"),
                                              ("ingest/service.py", 6, "replay.player")]
+
+
+# ------------------------------------------------------------------ private APIs behind a pin
+HOSTILE = ["plain", "with space", "a,b", "k=v", 'say "hi"', "back\\slash", "line\nbreak", "tab\there", "煤矿 1203",
+           "x\\"]
+
+
+def test_the_private_influxdb_escapers_analytics_uses_write_what_the_public_point_writes() -> None:
+    """analytics/store.py builds anomaly lines with influxdb_client's private _escape_* (pinned in pyproject):
+    they must give the bytes its public Point gives, or a version bump would write other lines."""
+    from influxdb_client import Point
+    from influxdb_client.client.write.point import _ESCAPE_MEASUREMENT, _escape_key, _escape_string, _escape_tag_value
+
+    for text in HOSTILE:
+        public = Point("anomalies").tag("site", text).field(text, text).time(1_700_000_000_000_000_000)
+        private = (f"{_escape_key('anomalies', _ESCAPE_MEASUREMENT)},site={_escape_tag_value(text)} "
+                   f'{_escape_key(text)}="{_escape_string(text)}" 1700000000000000000')
+        assert private == public.to_line_protocol(), text

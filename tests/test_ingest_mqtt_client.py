@@ -3,12 +3,14 @@ benchmark's lean publisher sends exactly paho's packets and sees every PUBACK, t
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
 import time
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.client import Client, MQTTMessage
@@ -196,3 +198,38 @@ def test_buffered_reads_deliver_every_message_the_socket_brought(messages: list[
         client._sock = None
         ours.close()
         broker.close()
+
+
+def test_with_an_unchecked_paho_every_override_steps_aside_and_says_so_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A paho release the overrides were not checked against gets plain paho, reads included, and one warning."""
+    import ingest.mqtt_client as lean
+
+    monkeypatch.setattr(lean, "LEAN", False)
+    monkeypatch.setattr(lean, "_path_logged", False)
+    with caplog.at_level(logging.INFO, logger="ingest.mqtt_client"):
+        clients = [LeanPublishClient(CallbackAPIVersion.VERSION2, client_id=f"t{i}",
+                                     protocol=MQTTProtocolVersion.MQTTv5) for i in range(2)]
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and "plain paho runs" in record.getMessage()
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(b"\x30\x05abcdefgh")
+        clients[0]._sock = ours
+        assert clients[0]._sock_recv(1) == b"\x30"  # paho's own one-byte read, nothing kept back in a buffer
+        assert clients[0]._read_buffer == b""
+    finally:
+        clients[0]._sock = None
+        ours.close()
+        theirs.close()
+
+
+def test_the_path_that_runs_is_logged_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import ingest.mqtt_client as lean
+
+    monkeypatch.setattr(lean, "_path_logged", False)
+    with caplog.at_level(logging.INFO, logger="ingest.mqtt_client"):
+        for i in range(3):
+            LeanPublishClient(CallbackAPIVersion.VERSION2, client_id=f"t{i}", protocol=MQTTProtocolVersion.MQTTv5)
+    assert [r.getMessage().split(":")[1].strip() for r in caplog.records] == ["the fast path runs (own QoS 1 PUBLISH "
+                                                                              "reading, 64 kB reads, batched PUBACKs)"]
