@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from smartmine.wire import DEFAULT_PREFIX, check_prefix
@@ -340,15 +340,8 @@ class Settings(BaseSettings):
             raise ValueError(f"{redact_url(v)!r}: an InfluxDB base URL takes no ?query or #fragment")
         if parts.username is not None and parts.password is None:
             raise ValueError(f"{redact_url(v)!r} names user {unquote(parts.username)!r} without a password "
-                             "(http://user:password@host, or SMARTMINE_INFLUX_USER and SMARTMINE_INFLUX_PASSWORD)")
+                             "(http://user:{password}@host, or SMARTMINE_INFLUX_USER and SMARTMINE_INFLUX_PASSWORD)")
         return v.rstrip("/")
-
-    @model_validator(mode="after")
-    def _influx_credentials_once(self) -> Settings:
-        if urlsplit(self.influx_url).username is not None and (self.influx_user or self.influx_password):
-            raise ValueError("InfluxDB credentials given twice: in SMARTMINE_INFLUX_URL and in "
-                             "SMARTMINE_INFLUX_USER/SMARTMINE_INFLUX_PASSWORD; give them once")
-        return self
 
     @field_validator("topic_prefix")
     @classmethod

@@ -96,9 +96,9 @@ class InfluxClient:
         auth = auth or Auth()
         parts = urlsplit(url)
         if parts.username is not None:
-            # http://user:password@host is basic auth (1.x users; 2.x accepts a token as the password). The
+            # http://user:{password}@host is basic auth (1.x users; 2.x accepts a token as the password). The
             # credentials are sent as a header and kept out of self.url, which errors and logs show.
-            if not (auth.token or auth.username):
+            if not (auth.token or auth.username):  # SMARTMINE_INFLUX_TOKEN/_USER win, as for MQTT
                 auth = Auth(username=unquote(parts.username), password=unquote(parts.password or ""))
             url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self.url = url.rstrip("/")

@@ -132,13 +132,6 @@ def test_a_file_holding_a_url_with_a_secret_is_refused(tmp_path: Path, text: str
     assert variable in str(info.value) and "pw" not in str(info.value) and "abc" not in str(info.value)
 
 
-def test_influx_credentials_given_twice_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMARTMINE_INFLUX_URL", "http://ingest:pw@influx:8086")
-    monkeypatch.setenv("SMARTMINE_INFLUX_USER", "other")
-    with pytest.raises(ConfigError, match="given twice"):
-        load_settings()
-
-
 def test_empty_variables_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     """compose's ``${WEBHOOK_SECRET:-}`` sets "" when .env lacks it: that is no secret, so an unsigned webhook
     is refused instead of being signed with an empty key."""
