@@ -71,16 +71,25 @@ def parse_mqtt_url(url: str) -> MqttUrl:
 # (webhook ``?token=``, ``sig=``, ``key=``, pre-signed ``X-Amz-Signature``, InfluxDB 1.x's ``p=``...).
 # A token inside the path (Slack's /services/T/B/XXXX) cannot be told from a path: keep such a URL out of logs
 # by giving it only through the environment, like every secret.
-_SECRET_PARAM = re.compile(r"token|sig|key|secret|pass|pwd|auth|credential|session|^p$|^code$", re.IGNORECASE)
+_SECRET_WORDS = frozenset({"token", "accesstoken", "sig", "signature", "key", "apikey", "secret", "password",
+                           "passwd", "pass", "pwd", "auth", "authorization", "credential", "credentials", "session",
+                           "sessionid"})
+_SECRET_NAMES = frozenset({"p", "code"})  # InfluxDB 1.x's password, an OAuth code: only as the whole name
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 MASK = "****"
+
+
+def _is_secret_param(name: str) -> bool:
+    """``token``, ``api_key``, ``X-Amz-Signature``, ``access_token``...: a word of the name is a credential's."""
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(w in _SECRET_WORDS for w in re.split(r"[-_.\[\]]", lowered))
 
 
 def _redact_params(text: str) -> str:
     out = []
     for part in re.split(r"([&;])", text):
         name, eq, value = part.partition("=")
-        out.append(f"{name}={MASK}" if eq and value and _SECRET_PARAM.search(unquote(name)) else part)
+        out.append(f"{name}={MASK}" if eq and value and _is_secret_param(unquote(name)) else part)
     return "".join(out)
 
 
