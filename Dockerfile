@@ -17,9 +17,12 @@ FROM python:3.11-slim-bookworm
 RUN useradd --system --create-home --home-dir /var/lib/smartmine --uid 10001 smartmine
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# Reads a mounted InfluxDB token file into SMARTMINE_INFLUX_TOKEN, then runs smartmine (deploy/smartmine/).
+COPY deploy/smartmine/entrypoint.sh /usr/local/bin/smartmine-entrypoint
+RUN chmod 0755 /usr/local/bin/smartmine-entrypoint
 USER smartmine
 WORKDIR /var/lib/smartmine
 ENV SMARTMINE_DATA_DIR=/var/lib/smartmine \
     PYTHONUNBUFFERED=1
-ENTRYPOINT ["smartmine"]
+ENTRYPOINT ["smartmine-entrypoint"]
 CMD ["--help"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from smartmine.cli import parse_duration
+from smartmine.config import redact_url
 
 
 def register(subparsers: Any) -> None:
@@ -55,8 +56,9 @@ def _push(args: argparse.Namespace) -> int:
 
     settings, boards = _boards(args)
     summary = push(settings, boards, anomalies_since_s=args.anomalies_since)
+    where = redact_url(settings.grafana_url)
     print(f"pushed {summary.dashboards} dashboards to folder {settings.dashboards.folder_uid!r}"
-          f"{' (created)' if summary.folder_created else ''} at {settings.grafana_url}; anomaly annotations: "
+          f"{' (created)' if summary.folder_created else ''} at {where}; anomaly annotations: "
           f"{summary.annotations_added} added, {summary.annotations_skipped} already there")
     return 0
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from dashboards.boards import ANOMALIES, Board
-from smartmine.config import Settings
+from smartmine.config import Settings, redact_url
 from smartmine.errors import UsageError
 from smartmine.influx import InfluxClient, InfluxError
 
@@ -70,9 +70,9 @@ def push(settings: Settings, boards: list[Board], *, anomalies_since_s: float = 
         if anomalies_since_s > 0:
             _push_anomalies(settings, api, anomalies_since_s, summary, influx)
     except GrafanaException as exc:
-        raise UsageError(f"Grafana at {settings.grafana_url} refused: {exc}") from None
+        raise UsageError(f"Grafana at {redact_url(settings.grafana_url)} refused: {exc}") from None
     except OSError as exc:
-        raise UsageError(f"cannot reach Grafana at {settings.grafana_url}: {exc}") from None
+        raise UsageError(f"cannot reach Grafana at {redact_url(settings.grafana_url)}: {exc}") from None
     return summary
 
 

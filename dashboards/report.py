@@ -466,7 +466,7 @@ def run_report(args: argparse.Namespace) -> int:
         try:
             client.ping()
         except InfluxError as exc:
-            raise UsageError(f"InfluxDB at {settings.influx_url} does not answer ({exc}); is `smartmine up` "
+            raise UsageError(f"InfluxDB at {client.url} does not answer ({exc}); is `smartmine up` "
                              "running, or SMARTMINE_INFLUX_URL set?") from None
         reader = Reader(client, catalog, period)
         site_data = [reader.site_data(site) for site in sites]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import logging
+import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ from smartmine.cli import parse_duration
 from smartmine.errors import UsageError
 
 SINKS = ("mqtt", "influx")
+log = logging.getLogger(__name__)
 
 
 def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -209,6 +213,7 @@ def _replay(args: argparse.Namespace) -> int:
         client.ping()
         catalog = load_catalog(settings.catalog_dir)
         _prepare_database(client, catalog, settings)
+        _check_retention(client, settings.influx_rp, source, selection, args.file, args.rebase_time, speed)
         encoder = LineEncoder(catalog)
         encoder.trust_fields = encoder.trusts(source.meta)
         influx_sink = InfluxSink(client, encoder, batch_lines=args.batch_lines, writers=args.writers)
@@ -248,16 +253,23 @@ def _replay(args: argparse.Namespace) -> int:
     ]
     if args.rebase_time:
         rows.append(("time shifted by", f"{stats.shift_ns / 1e9:+,.3f} s"))
+    refused = ""
     if target == "influx":
         assert isinstance(sink, InfluxSink)
-        rows.append(("readings written", f"{sink.readings} in {sink.lines} points "
-                                          f"({sink.readings / max(stats.elapsed_s, 1e-9):,.0f} readings/s)"))
+        # Written means stored: what InfluxDB refused is counted apart, never as written.
+        rows.append(("readings written", f"{sink.readings_written} in {sink.lines} points "
+                                          f"({sink.readings_written / max(stats.elapsed_s, 1e-9):,.0f} readings/s)"))
         rejected = sink.encoder.rejected
         for reason, n in sorted(rejected.counts.items()):
             rows.append((f"not written: {reason}", f"{n}, e.g. {rejected.examples[reason]}"))
         if sink.rejected_lines:
-            example = next(iter(sink.rejected_by_server.items()))
-            rows.append(("rejected by InfluxDB", f"{sink.rejected_lines}, e.g. {example[1]}"))
+            about = "about " if sink.readings_refused_estimated else ""
+            refused = (f"InfluxDB refused {about}{sink.readings_refused:,} of the {sink.readings:,} readings sent "
+                       f"({sink.rejected_lines:,} points)")
+            rows.append(("readings refused by InfluxDB", f"{about}{sink.readings_refused} in {sink.rejected_lines} "
+                                                         "points"))
+            for reason, n in sorted(sink.refused_by_reason.items(), key=lambda item: -item[1]):
+                rows.append(("  refused because", f"{n} points: {reason}"))
         if rollup_minutes:
             rows.append(("1-minute rollups", f"computed for the {rollup_minutes:,} minutes replayed"))
     else:
@@ -269,7 +281,57 @@ def _replay(args: argparse.Namespace) -> int:
         rows.append(("skipped (--skip-bad)", f"{len(stats.bad_regions)} bad region(s), {stats.bad_messages} "
                                              f"messages lost; first: {stats.bad_regions[0]}"))
     print_summary(f"replayed {args.file}", rows, args.quiet)
+    if refused:
+        print(f"smartmine: error: {refused}; see the reasons above", file=sys.stderr)
+        return 1
     return 0
+
+
+# InfluxQL durations as SHOW RETENTION POLICIES gives them: "720h0m0s", "1h0m0s", "0s" (infinite).
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def _duration_ns(text: str) -> int:
+    return int(sum(float(n) * _DURATION_NS[unit] for n, unit in _GO_DURATION.findall(text)))
+
+
+def _check_retention(client: Any, rp_name: str | None, source: Any, selection: Any, file: Path,
+                     rebase_time: bool, speed: float | None) -> None:
+    """Refuse, before writing anything, a replay whose samples are older than the target retention policy
+    keeps: InfluxDB would drop them ("points beyond retention policy") and store nothing of them."""
+    from replay.player import rebase_shift
+    from replay.timeutil import format_ns
+    from smartmine.influx import InfluxError, quote_ident
+
+    bounds = source.sample_bounds(selection.start_ns, selection.end_ns)
+    if bounds is None:
+        return
+    now = time.time_ns()
+    shift = rebase_shift(now, bounds[0], bounds[1], speed) if rebase_time else 0
+    first, last = bounds[0] + shift, bounds[1] + shift
+    try:
+        results = client.query(f"SHOW RETENTION POLICIES ON {quote_ident(client.database)}", epoch=None)
+    except InfluxError as exc:  # a server that does not list its policies: the write's answer still counts
+        log.warning("could not read the retention policies of %r (%s); not checking the recording's age",
+                    client.database, exc)
+        return
+    policies = [dict(zip(s["columns"], row, strict=False)) for r in results for s in r.get("series", [])
+                for row in s.get("values", [])]
+    policy = next((p for p in policies if (p.get("name") == rp_name if rp_name else p.get("default"))), None)
+    if policy is None:
+        return  # no such policy: the write names the problem
+    keep_ns = _duration_ns(str(policy.get("duration", "0s")))
+    if keep_ns == 0 or first >= now - keep_ns:
+        return
+    cutoff = now - keep_ns
+    which = "every sample" if last < cutoff else "the samples before " + format_ns(cutoff)
+    hint = (f"replay with --rebase-time to move the recording to now, or --from {format_ns(cutoff)} to replay "
+            "only what the policy keeps" if not rebase_time and last - first <= keep_ns else
+            f"replay only a part of it that fits (--from / --to, at most {policy['duration']} long)")
+    raise UsageError(f"{file}: the samples span {format_ns(first)} .. {format_ns(last)}"
+                     f"{' (rebased)' if rebase_time else ''}, but retention policy {policy['name']!r} of database "
+                     f"{client.database!r} keeps only {policy['duration']}: InfluxDB would refuse {which}; {hint}")
 
 
 def _prepare_database(client: Any, catalog: Any, settings: Any) -> None:
@@ -287,6 +349,7 @@ def _prepare_database(client: Any, catalog: Any, settings: Any) -> None:
         # 2.x/3.x map databases to buckets and refuse CREATE DATABASE: the write then says what is wrong.
         if exc.status not in (400, 401, 403, 404, 405):
             raise
+        log.warning("could not create the database and its retention policies (%s); writing anyway", exc)
 
 
 def _backfill_rollups(client: Any, catalog: Any, span_ns: tuple[int, int], quiet: bool) -> int:

@@ -290,13 +290,20 @@ class InfluxSink:
         self.batch_lines = batch_lines
         self.flush_interval_s = flush_interval_s
         self.retries = retries
-        self.readings = 0
-        self.lines = 0
-        self.rejected_lines = 0
+        self.readings = 0  # sent to InfluxDB; what it stored is readings_written, what it refused readings_refused
+        self.lines = 0  # points InfluxDB stored
+        self.readings_written = 0
+        self.rejected_lines = 0  # points InfluxDB refused
+        self.readings_refused = 0
+        # A batch InfluxDB refused in part without naming the lines (1.x: "... dropped=N") has its readings
+        # split by share: the refused readings are then an estimate, and the summary says so.
+        self.readings_refused_estimated = False
         self._count_lock = threading.Lock()
         self.rejected_by_server: dict[str, str] = {}
+        self.refused_by_reason: dict[str, int] = {}  # the server's reason -> points refused for it
         self._pending: list[bytes] = []
         self._pending_lines = 0
+        self._pending_readings = 0
         self._last_flush = time.perf_counter()
         self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="replay-write")
         self._slots = threading.BoundedSemaphore(writers * 2)  # batches in flight or queued: bounded memory
@@ -308,22 +315,23 @@ class InfluxSink:
         if lines:
             self._pending.append(body)
             self._pending_lines += lines
+            self._pending_readings += readings
         if self._pending_lines >= self.batch_lines or (
                 self._pending and time.perf_counter() - self._last_flush >= self.flush_interval_s):
             self.flush()
 
     def flush(self) -> None:
         """Hand what is pending to a writer (a batch holds whole chunks: ``batch_lines`` or a little more)."""
-        pieces, lines = self._pending, self._pending_lines
-        self._pending, self._pending_lines = [], 0
+        pieces, lines, readings = self._pending, self._pending_lines, self._pending_readings
+        self._pending, self._pending_lines, self._pending_readings = [], 0, 0
         self._last_flush = time.perf_counter()
         if lines:
-            self._submit(b"\n".join(pieces), lines)
+            self._submit(b"\n".join(pieces), lines, readings)
 
-    def _submit(self, body: bytes, lines: int) -> None:
+    def _submit(self, body: bytes, lines: int, readings: int) -> None:
         self._check_failed()
         self._slots.acquire()
-        future = self._pool.submit(self._write, body, lines)
+        future = self._pool.submit(self._write, body, lines, readings)
         future.add_done_callback(lambda _f: self._slots.release())
         self._futures.append(future)
 
@@ -336,21 +344,29 @@ class InfluxSink:
                 keep.append(f)
         self._futures = keep
 
-    def _write(self, body: bytes, lines: int) -> None:
+    def _write(self, body: bytes, lines: int, readings: int) -> None:
         for attempt in range(self.retries + 1):
             try:
                 self.client.write_lines(body)
                 with self._count_lock:
                     self.lines += lines
+                    self.readings_written += readings
                 return
             except PartialWriteError as exc:
                 # The server kept the valid lines; count what it refused with its reason.
                 dropped = _DROPPED.search(exc.body)
-                n_rejected = len(exc.rejected) or (int(dropped.group(1)) if dropped else lines)
+                n_rejected = min(lines, len(exc.rejected) or (int(dropped.group(1)) if dropped else lines))
+                refused = readings if n_rejected == lines else round(readings * n_rejected / lines)
+                reasons = list(exc.rejected.values()) or [_DROPPED.sub("", exc.body).strip()] * n_rejected
                 with self._count_lock:
                     self.rejected_by_server.update(exc.rejected or {f"({n_rejected} lines)": exc.body.strip()})
+                    for reason in reasons:
+                        self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
                     self.rejected_lines += n_rejected
                     self.lines += lines - n_rejected
+                    self.readings_refused += refused
+                    self.readings_written += readings - refused
+                    self.readings_refused_estimated |= n_rejected != lines
                 return
             except InfluxError as exc:
                 if not exc.retryable or attempt == self.retries:

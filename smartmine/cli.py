@@ -160,13 +160,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.bench_args = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from smartmine.config import RedactUrlsFilter, redact_text
+
+    for handler in logging.getLogger().handlers:  # no log line shows a URL's password or token
+        handler.addFilter(RedactUrlsFilter())
     from smartmine.errors import USER_ERRORS
 
     user_errors: tuple[type[BaseException], ...] = (*USER_ERRORS, timespec.TimeSpecError)
     try:
         result = args.func(args)
     except user_errors as exc:
-        print(f"smartmine: error: {exc}", file=sys.stderr)
+        print(f"smartmine: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("smartmine: interrupted", file=sys.stderr)

@@ -7,12 +7,15 @@ settings with every secret masked.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -50,25 +53,87 @@ class MqttUrl:
 def parse_mqtt_url(url: str) -> MqttUrl:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ConfigError(f"MQTT URL {_mask_url(url)!r}: scheme must be mqtt:// or mqtts://")
+        raise ConfigError(f"MQTT URL {redact_url(url)!r}: scheme must be mqtt:// or mqtts://")
     tls = parts.scheme in ("mqtts", "ssl")
     if not parts.hostname:
-        raise ConfigError(f"MQTT URL {_mask_url(url)!r} has no host")
+        raise ConfigError(f"MQTT URL {redact_url(url)!r} has no host")
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
-        raise ConfigError(f"MQTT URL {_mask_url(url)!r}: {exc}") from None
+        raise ConfigError(f"MQTT URL {redact_url(url)!r}: {exc}") from None
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     return MqttUrl(parts.hostname, port, tls, user, password)
 
 
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
-    return parts._replace(netloc=netloc).geturl()
+# The one masking rule for every URL smartmine shows (log lines, errors, /healthz, config show, manifests):
+# the password of the userinfo and the value of every query or fragment parameter named like a credential
+# (webhook ``?token=``, ``sig=``, ``key=``, pre-signed ``X-Amz-Signature``, InfluxDB 1.x's ``p=``...).
+# A token inside the path (Slack's /services/T/B/XXXX) cannot be told from a path: keep such a URL out of logs
+# by giving it only through the environment, like every secret.
+_SECRET_WORDS = frozenset({"token", "accesstoken", "sig", "signature", "key", "apikey", "secret", "password",
+                           "passwd", "pass", "pwd", "auth", "authorization", "credential", "credentials", "session",
+                           "sessionid"})
+_SECRET_NAMES = frozenset({"p", "code"})  # InfluxDB 1.x's password, an OAuth code: only as the whole name
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+MASK = "****"
+
+
+def _is_secret_param(name: str) -> bool:
+    """``token``, ``api_key``, ``X-Amz-Signature``, ``access_token``...: a word of the name is a credential's."""
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(w in _SECRET_WORDS for w in re.split(r"[-_.\[\]]", lowered))
+
+
+def _redact_params(text: str) -> str:
+    out = []
+    for part in re.split(r"([&;])", text):
+        name, eq, value = part.partition("=")
+        out.append(f"{name}={MASK}" if eq and value and _is_secret_param(unquote(name)) else part)
+    return "".join(out)
+
+
+def redact_url(url: str | None) -> str:
+    """``url`` fit to print: a password in it and every credential-like query parameter replaced by ``****``.
+    Unchanged when it holds no secret (so ``redact_url(u) != u`` tells that ``u`` carries one); None: ""."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:  # not a URL we can take apart (a bad port...): show nothing of what follows the scheme
+        return url.split("://", 1)[0] + "://" + MASK if "://" in url else MASK
+    netloc = parts.netloc
+    if has_password:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{host}"
+    redacted = urlunsplit((parts.scheme, netloc, parts.path, _redact_params(parts.query),
+                           _redact_params(parts.fragment)))
+    # urlunsplit drops an empty "?" or "#": hand back the original when nothing was masked.
+    return url if redacted == urlunsplit(parts) else redacted
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a log line, an error message) with :func:`redact_url` applied to every URL in it."""
+    def one(match: re.Match[str]) -> str:
+        url = match.group(0)
+        core = url.rstrip(".,;:!?)]}")  # the sentence's punctuation after a URL is not part of it
+        return redact_url(core) + url[len(core):]
+
+    return _URL_IN_TEXT.sub(one, text) if "://" in text else text
+
+
+class RedactUrlsFilter(logging.Filter):
+    """A logging filter that applies :func:`redact_text` to every record: no log line shows a URL's secret,
+    whichever library wrote the URL into the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message:
+            record.msg, record.args = redact_text(message), None
+        if record.exc_info and record.exc_info[1] is not None and "://" in str(record.exc_info[1]):
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 class IngestSettings(BaseModel):
@@ -238,8 +303,10 @@ class SimulatorSettings(BaseModel):
 class Settings(BaseSettings):
     """Effective settings. Environment: ``SMARTMINE_<FIELD>`` and ``SMARTMINE_<SECTION>__<FIELD>``."""
 
+    # env_ignore_empty: compose's ``${WEBHOOK_SECRET:-}`` sets a variable to "" when .env lacks it; an empty
+    # value must read as unset (no secret), or guards like "refuse an unsigned webhook" are skipped.
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
-                                      validate_default=True)
+                                      validate_default=True, env_ignore_empty=True)
 
     mqtt_url: str = "mqtt://localhost:1883"
     mqtt_username: str | None = None
@@ -276,7 +343,13 @@ class Settings(BaseSettings):
     def _influx(cls, v: str) -> str:
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{_mask_url(v)!r} is not an http:// or https:// URL")
+            raise ValueError(f"{redact_url(v)!r} is not an http:// or https:// URL")
+        if parts.query or parts.fragment:
+            # /write and /query are appended to it; credentials go in the userinfo or SMARTMINE_INFLUX_*.
+            raise ValueError(f"{redact_url(v)!r}: an InfluxDB base URL takes no ?query or #fragment")
+        if parts.username is not None and parts.password is None:
+            raise ValueError(f"{redact_url(v)!r} names user {unquote(parts.username)!r} without a password "
+                             "(http://user:{password}@host, or SMARTMINE_INFLUX_USER and SMARTMINE_INFLUX_PASSWORD)")
         return v.rstrip("/")
 
     @field_validator("topic_prefix")
@@ -301,9 +374,7 @@ class Settings(BaseSettings):
         for section, name in SECTION_SECRET_FIELDS:
             if data.get(section, {}).get(name):
                 data[section][name] = "****"
-        data["mqtt_url"] = _mask_url(self.mqtt_url)
-        data["influx_url"] = _mask_url(self.influx_url)
-        return data
+        return _redact_urls(data)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
@@ -314,6 +385,27 @@ class Settings(BaseSettings):
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
         # init (the file, passed in by load_settings) < environment: the environment wins.
         return (env_settings, init_settings)
+
+
+def _redact_urls(data: Any) -> Any:
+    """Every URL anywhere in plain settings data through :func:`redact_url`."""
+    if isinstance(data, dict):
+        return {k: _redact_urls(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_redact_urls(v) for v in data]
+    return redact_url(data) if isinstance(data, str) and "://" in data else data
+
+
+def _urls_with_secrets(data: Any, where: str = "") -> Iterator[str]:
+    """The dotted names of the URLs in a config file's data that carry a password or a token."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _urls_with_secrets(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _urls_with_secrets(value, f"{where}[{i}]")
+    elif isinstance(data, str) and "://" in data and redact_url(data) != data:
+        yield where
 
 
 def _default_data_dir() -> Path:
@@ -342,15 +434,17 @@ def load_settings(file: Path | str | None = None) -> Settings:
             if isinstance(data.get(section), dict) and name in data[section]:
                 raise ConfigError(f"{path}: {section}.{name} is a secret; set it only in the environment as "
                                   f"{ENV_PREFIX}{section.upper()}__{name.upper()}")
-        for name in ("mqtt_url", "influx_url"):
-            if isinstance(data.get(name), str) and urlsplit(data[name]).password:
-                raise ConfigError(f"{path}: {name} holds a password; put credentials in the environment "
-                                  f"({ENV_PREFIX}{name.upper()} or {ENV_PREFIX}MQTT_PASSWORD)")
+        for name in _urls_with_secrets(data):
+            env = ENV_PREFIX + name.upper().replace(".", "__")
+            raise ConfigError(f"{path}: {name} holds a password or a token; set that URL only in the environment "
+                              f"as {env}")
     try:
         return Settings(**data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = ".".join(str(p) for p in err["loc"])
+        if not field:  # a check across settings: its message names the variables
+            raise ConfigError(err["msg"].removeprefix("Value error, ")) from None
         env = ENV_PREFIX + field.upper().replace(".", "__")
         origin = f"{path} or {env}" if path else env
         raise ConfigError(f"setting {field} ({origin}): {err['msg'].removeprefix('Value error, ')}") from None

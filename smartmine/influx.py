@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import urllib3
 from isal import igzip
@@ -93,11 +93,19 @@ class InfluxClient:
 
     def __init__(self, url: str, database: str, *, auth: Auth | None = None, retention_policy: str | None = None,
                  timeout_s: float = 10.0, gzip_writes: bool = True, pool_size: int = 4) -> None:
+        auth = auth or Auth()
+        parts = urlsplit(url)
+        if parts.username is not None:
+            # http://user:{password}@host is basic auth (1.x users; 2.x accepts a token as the password). The
+            # credentials are sent as a header and kept out of self.url, which errors and logs show.
+            if not (auth.token or auth.username):  # SMARTMINE_INFLUX_TOKEN/_USER win, as for MQTT
+                auth = Auth(username=unquote(parts.username), password=unquote(parts.password or ""))
+            url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self.url = url.rstrip("/")
         self.database = database
         self.retention_policy = retention_policy
         self.gzip_writes = gzip_writes
-        self._auth = auth or Auth()
+        self._auth = auth
         self._timeout = urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s)
         self._http = urllib3.PoolManager(num_pools=2, maxsize=pool_size, retries=False)
         self._headers: dict[str, str] = {}

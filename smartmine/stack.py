@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from smartmine.config import Settings
+from smartmine.config import Settings, redact_url
 from smartmine.errors import UsageError
 from smartmine.services import Influxd, Mosquitto, find_binary, free_port, port_in_use
 from smartmine.supervisor import Child, ServiceChild, StageChild, UpLock, process_start_ticks, stop_pids
@@ -143,8 +143,8 @@ class Stack:
             "start_ticks": process_start_ticks(os.getpid()),
             "started": self.started.isoformat(),
             "ready": ready,
-            "mqtt_url": self.settings.mqtt_url,
-            "influx_url": self.settings.influx_url,
+            "mqtt_url": redact_url(self.settings.mqtt_url),
+            "influx_url": redact_url(self.settings.influx_url),
             "ingest_metrics_url": self.metrics_url,
             "children": [rec for c in self.children if (rec := c.record()) is not None],
         })
@@ -173,7 +173,7 @@ class Stack:
             self._start_child(ServiceChild("mosquitto", restart_limit=stack_cfg.restart_limit, service=broker))
             updates["mqtt_url"] = broker.url
         if influx_external:
-            self.external["influxd"] = self.settings.influx_url
+            self.external["influxd"] = redact_url(self.settings.influx_url)
         else:
             server = Influxd(self.data_dir / "influxd", port=influx_port, cq_run_interval="10s")
             self._start_child(ServiceChild("influxd", restart_limit=stack_cfg.restart_limit, service=server))
@@ -205,7 +205,7 @@ class Stack:
             try:
                 version = client.ping()
             except InfluxError as exc:
-                raise UsageError(f"InfluxDB at {self.settings.influx_url} does not answer ({exc}); start it, or "
+                raise UsageError(f"InfluxDB at {client.url} does not answer ({exc}); start it, or "
                                  "unset SMARTMINE_INFLUX_URL to let smartmine up run its own") from None
             schema.ensure_database(client, load_catalog(self.settings.catalog_dir))
             self.say(f"database {self.settings.influx_db!r} with its retention policies and 1-minute rollups ready "
@@ -394,7 +394,7 @@ class _Log:
 def _ready_message(stack: Stack) -> str:
     running = [spec.name for spec, child in stack.stages if child is not None]
     missing = [spec.name for spec in stack.missing]
-    text = (f"ready: MQTT {stack.settings.mqtt.masked()}, InfluxDB {stack.settings.influx_url} "
+    text = (f"ready: MQTT {stack.settings.mqtt.masked()}, InfluxDB {redact_url(stack.settings.influx_url)} "
             f"(db {stack.settings.influx_db}), stages {', '.join(running) or 'none'}")
     if missing:
         text += f"; not available: {', '.join(missing)}"
@@ -454,7 +454,7 @@ def _run_live(stack: Stack, monitor: Any, stop: StopRequest) -> None:
 
     console = Console()
     header = (f"smartmine up · data {stack.data_dir} · MQTT {stack.settings.mqtt.masked()} · "
-              f"InfluxDB {stack.settings.influx_url} db {stack.settings.influx_db}")
+              f"InfluxDB {redact_url(stack.settings.influx_url)} db {stack.settings.influx_db}")
     footer_lines = ["Ctrl-C (or `smartmine down` elsewhere) stops everything · logs: "
                     f"{stack.data_dir / 'logs'} · next: `smartmine report --since 1h --out report`, "
                     "`smartmine alerts list`"]

@@ -16,6 +16,7 @@ import urllib3
 
 from alerts.model import Notification
 from alerts.notifiers.base import NotifyError, reaches_people
+from smartmine.config import redact_url
 
 SIGNATURE_HEADER = "X-Smartmine-Signature"
 TIMESTAMP_HEADER = "X-Smartmine-Timestamp"
@@ -52,11 +53,12 @@ class WebhookNotifier:
         try:
             resp = self._http.request("POST", self.url, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as exc:
-            raise NotifyError(f"POST {self.url}: {exc}") from None
+            raise NotifyError(f"POST {redact_url(self.url)}: {exc}") from None
         if resp.status >= 300:
             # 408/429 and 5xx are the receiver's trouble and may pass; other 4xx will fail the same way again.
             retryable = resp.status in (408, 429) or resp.status >= 500
-            raise NotifyError(f"POST {self.url}: HTTP {resp.status} {resp.data[:200]!r}", retryable=retryable)
+            raise NotifyError(f"POST {redact_url(self.url)}: HTTP {resp.status} {resp.data[:200]!r}",
+                              retryable=retryable)
 
     def close(self) -> None:
         self._http.clear()
