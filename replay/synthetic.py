@@ -44,4 +44,11 @@ def write_jsonl(path: Path, catalog: Catalog, start: datetime, samples: int, **k
     return n
 
 
-DEFAULT_START = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+def _recent_morning() -> datetime:
+    # Yesterday 08:00 UTC: recent enough for any retention policy of a day or more (a fixed date falls out of
+    # the 30-day default a month later and the tests that store it would fail), and the same all day long.
+    today = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=1)
+
+
+DEFAULT_START = _recent_morning()

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ from smartmine.services import Influxd
 from smartmine.wire import parse_telemetry, subscription
 
 SIMULATED = "20s"  # of both sites, every equipment at its sample period
+
+
+def _iso(start: datetime, seconds: float) -> str:
+    return (start + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture
@@ -73,7 +78,7 @@ def test_simulate_record_replay_gives_the_same_points_as_the_live_ingest(
         settings: Settings, influx: InfluxClient, other_db: InfluxClient, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # The simulators publish; the ingest service stores it (in the settings' database) while we record it.
-    simulate = ["simulate", "--site", "all", "--seed", "3", "--start", "2026-11-27T08:00:00Z", "--duration",
+    simulate = ["simulate", "--site", "all", "--seed", "3", "--start", _iso(DEFAULT_START, 0), "--duration",
                 SIMULATED, "--speed", "max"]
     jsonl = tmp_path / "sim.jsonl"
     assert main([*simulate, "--out", str(jsonl)]) == 0  # same seed, start, duration: the same messages
@@ -111,7 +116,7 @@ def test_simulate_record_replay_gives_the_same_points_as_the_live_ingest(
     # Export what ingest stored and replay the export into a third database: the same points again.
     export = tmp_path / "export.smrec"
     monkeypatch.setenv("SMARTMINE_INFLUX_DB", influx.database)
-    assert main(["export", "--from", "2026-11-27T07:00:00Z", "--to", "2026-11-27T09:00:00Z",
+    assert main(["export", "--from", _iso(DEFAULT_START, -3600), "--to", _iso(DEFAULT_START, 3600),
                  "--out", str(export), "--window", "90s"]) == 0
     exported = RecordingReader(export).manifest
     assert exported is not None and exported.messages == n and exported.readings == manifest.readings
@@ -131,8 +136,8 @@ def test_replay_to_mqtt_with_filters_prefix_and_rebased_time(settings: Settings,
     thread, results = record_in_background(settings, recording, 2)  # belt_main_1, second and third sample
     before = DEFAULT_START.timestamp()
     assert main(["replay", str(jsonl), "--to", "mqtt", "--speed", "50", "--prefix", settings.topic_prefix,
-                 "--site", "yanshan_mine", "--equipment", "belt_main_1", "--from", "2026-11-27T08:00:01Z",
-                 "--to", "2026-11-27T08:00:03Z", "--rebase-time"]) == 0
+                 "--site", "yanshan_mine", "--equipment", "belt_main_1", "--from", _iso(DEFAULT_START, 1),
+                 "--to", _iso(DEFAULT_START, 3), "--rebase-time"]) == 0
     thread.join(30)
     assert results and results[0].manifest.messages == 2
     chunk = next(RecordingReader(recording).read_chunks())
