@@ -102,7 +102,9 @@ def test_the_acl_knows_the_alerts_command_topics() -> None:
 
     acl = broker_acl(load_catalog(None), PREFIX)
     assert f"topic readwrite {request_topic(PREFIX)}" in acl and f"topic write {request_topic(PREFIX)}" in acl
-    assert f"topic readwrite {reply_topic(PREFIX, 'x').rsplit('/', 1)[0]}/#" in acl
+    space = reply_topic(PREFIX, "x", "t").rsplit("/", 2)[0]
+    assert f"topic write {space}/#" in acl
+    assert f"topic read {space}/alerts/#" in acl and f"topic read {space}/ops/#" in acl
 
 
 def test_shipped_mosquitto_conf_starts(tmp_path: Path, pki: TlsFiles) -> None:
