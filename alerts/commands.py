@@ -39,6 +39,7 @@ from smartmine.errors import UsageError
 from smartmine.mqtt import make_client
 
 COMMANDS = ("list", "ack", "silence", "unsilence", "silences")
+SERVICE_LOGIN = "alerts"  # the service's own broker user (deploy/mosquitto/acl)
 ANONYMOUS = "anonymous"  # the reply branch of a client without a broker login (a broker without passwords)
 _Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -157,6 +158,12 @@ def send_command(settings: Settings, cmd: str, args: dict[str, Any] | None = Non
     """Send one command to the running service and return its result; :class:`UsageError` on any failure."""
     if cmd not in COMMANDS:
         raise UsageError(f"unknown alerts command {cmd!r} (known: {', '.join(COMMANDS)})")
+    if settings.mqtt.username == SERVICE_LOGIN:
+        # The shipped broker makes every client id the login (use_username_as_clientid): a command sent as
+        # the service's user would take the running service's session over and discard its queued events.
+        raise UsageError(f"refusing to send an alerts command as broker user {SERVICE_LOGIN!r}, the service's own "
+                         "login: the broker would hand this command the service's session; log in as ops "
+                         "(SMARTMINE_MQTT_USERNAME=ops and its password)")
     timeout = timeout_s if timeout_s is not None else settings.alerts.command_timeout_s
     token = uuid.uuid4().hex
     prefix = settings.topic_prefix

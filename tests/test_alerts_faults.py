@@ -217,3 +217,13 @@ def test_bad_ops_commands_are_refused_and_never_stop_the_service(secure_broker: 
         ops.close()
         stop.set()
         runner.join(30)
+
+
+def test_a_command_as_the_services_own_login_is_refused(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """With client id = login, `smartmine alerts list` as user alerts would take the service's session over."""
+    from smartmine.cli import main
+
+    monkeypatch.setenv("SMARTMINE_MQTT_USERNAME", "alerts")
+    assert main(["alerts", "list"]) == 2
+    assert "log in as ops" in capsys.readouterr().err
