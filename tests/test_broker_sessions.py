@@ -18,7 +18,7 @@ from paho.mqtt.properties import Properties
 from smartmine.catalog import load_catalog
 from smartmine.config import MqttUrl
 from smartmine.mqtt import make_client
-from smartmine.security import broker_acl, broker_users, simulator_user
+from smartmine.security import broker_acl, broker_users, ingest_user, simulator_user
 from smartmine.services import Mosquitto
 from smartmine.wire import encode_telemetry, topic
 
@@ -38,8 +38,8 @@ def test_shipped_broker_config_ties_client_ids_to_logins() -> None:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, str]]]:
-    (tmp_path / "acl").write_text(broker_acl(load_catalog(None), PREFIX))
-    passwords = {user: secrets.token_urlsafe(12) for user in broker_users(load_catalog(None))}
+    (tmp_path / "acl").write_text(broker_acl(load_catalog(None), PREFIX, ingest_workers=2))
+    passwords = {user: secrets.token_urlsafe(12) for user in [*broker_users(load_catalog(None)), ingest_user(2)]}
     server = Mosquitto(tmp_path / "broker", users=passwords, acl_file=tmp_path / "acl",
                        use_username_as_clientid=True)
     server.start()
@@ -101,3 +101,22 @@ def test_a_gateway_login_cannot_take_over_ingests_session(broker: tuple[Mosquitt
     assert back.session_present
     assert back.received(1.0) == 200
     back.close()
+
+
+def test_ingest_workers_of_one_group_each_with_its_own_login(broker: tuple[Mosquitto, dict[str, str]]) -> None:
+    """`smartmine security acl --ingest-workers 2`: two workers share the load and neither takes the other over."""
+    server, passwords = broker
+    workers = [Client(server, passwords, ingest_user(n), f"smartmine-ingest-{n}") for n in (1, 2)]
+    for worker in workers:
+        worker.client.subscribe(f"$share/smartmine-ingest/{PREFIX}/+/+/+/telemetry", qos=1)
+        worker.subscribed.get(timeout=10)
+    gateway = Client(server, passwords, GATEWAY, "gateway-pub")
+    sample = encode_telemetry(datetime(2026, 11, 27, 8, 0, tzinfo=UTC), 1, {"ch4_pct": 0.4})
+    for info in [gateway.client.publish(TELEMETRY, sample, qos=1) for _ in range(100)]:
+        info.wait_for_publish(10)
+    gateway.close()
+    counts = [worker.received(1.0) for worker in workers]
+    assert sum(counts) == 100 and min(counts) > 0, counts
+    assert all(w.connacks.empty() for w in workers)  # nobody was disconnected and reconnected
+    for worker in workers:
+        worker.close()
