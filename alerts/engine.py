@@ -77,6 +77,20 @@ class AlertEngine:
         except KeyError:
             raise AlertError(f"no alert with id {alert_id!r} (see `smartmine alerts list --all`)") from None
 
+    def adopt(self, alerts: list[Alert]) -> int:
+        """Take over open alerts known elsewhere (the retained alert topics) that this engine lacks; how many."""
+        adopted = 0
+        for alert in alerts:
+            if not alert.is_open or alert.id in self.alerts or alert.rule in self._open.get(
+                    (alert.site, alert.equipment), {}):
+                continue
+            self.alerts[alert.id] = alert
+            self._mark_open(alert)
+            if alert.id.isdigit():
+                self._next_id = max(self._next_id, int(alert.id) + 1)
+            adopted += 1
+        return adopted
+
     # ------------------------------------------------------------------ events
     def on_event(self, event: AnomalyEvent, now: datetime) -> list[Notification]:
         key = (event.site, event.equipment, event.rule)

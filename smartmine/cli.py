@@ -98,7 +98,7 @@ def _security_acl(args: argparse.Namespace) -> int:
     from smartmine.security import broker_acl
 
     settings = settings_from(args)
-    text = broker_acl(catalog_from(args), args.prefix or settings.topic_prefix)
+    text = broker_acl(catalog_from(args), args.prefix or settings.topic_prefix, args.ingest_workers)
     if args.output:
         from pathlib import Path
 
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     acl = ssub.add_parser("acl", help="print the Mosquitto ACL generated from the catalog")
     acl.add_argument("--prefix", help="topic prefix (default: the configured one)")
     acl.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    acl.add_argument("--ingest-workers", type=int, default=1, metavar="N",
+                     help="broker users for N ingest workers of one --group (ingest, ingest_2, ...)")
     acl.set_defaults(func=_security_acl)
 
     for module in STAGE_COMMANDS:

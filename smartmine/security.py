@@ -33,6 +33,7 @@ __all__ = [
     "TlsFiles",
     "broker_acl",
     "broker_users",
+    "ingest_user",
     "issue_certificate",
     "make_ca",
     "simulator_user",
@@ -59,8 +60,16 @@ def broker_users(catalog: Catalog) -> list[str]:
     return [*SERVICE_USERS, *(simulator_user(site) for site in catalog.site_ids())]
 
 
-def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
-    """The Mosquitto ACL file for ``catalog``'s sites under topic ``prefix`` (deny by default)."""
+def ingest_user(worker: int) -> str:
+    """The broker user of ingest worker ``worker`` (1, 2, ...): with client id = login each needs its own."""
+    return "ingest" if worker == 1 else f"ingest_{worker}"
+
+
+def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX, ingest_workers: int = 1) -> str:
+    """The Mosquitto ACL file for ``catalog``'s sites under topic ``prefix`` (deny by default).
+
+    ``ingest_workers`` > 1 adds users ``ingest_2``... with ingest's rights, for workers sharing a ``--group``.
+    """
     p = check_prefix(prefix)
     lines = [
         "# Who may read and write which topics. Topic scheme: <prefix>/<site>/<area>/<equipment>/<channel>.",
@@ -69,10 +78,11 @@ def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
         "# and never delivers a message the user may not read. Passwords: deploy/mosquitto/entrypoint.sh.",
         "",
         "# ingest reads every site's telemetry and publishes only the dead letters of what it rejects.",
-        "user ingest",
-        f"topic read {p}/+/+/+/telemetry",
-        f"topic write {p}/{DEADLETTER_TOPIC_LEVEL}/#",
-        "",
+    ]
+    for worker in range(1, ingest_workers + 1):
+        lines += [f"user {ingest_user(worker)}", f"topic read {p}/+/+/+/telemetry",
+                  f"topic write {p}/{DEADLETTER_TOPIC_LEVEL}/#", ""]
+    lines += [
         "# analytics reads telemetry and publisher status and is the only one to publish anomaly events.",
         "user analytics",
         f"topic read {p}/+/+/+/telemetry",
@@ -80,17 +90,21 @@ def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
         f"topic readwrite {p}/+/+/+/event",
         "",
         "# alerts: events in, retained alert state out (only alerts publishes it), ops commands in and replies out.",
-        "# It may also send itself a command: that is its container's healthcheck.",
+        "# It may send itself a command and read the replies to its login, but with client id = login (mosquitto.conf)",
+        "# a second connection as alerts takes the service's session over: `smartmine alerts` refuses to.",
+        f"# Replies go to {p}/{OPS_REPLY}/<user>/<token> only, and each user reads only its own branch.",
         "user alerts",
         f"topic read {p}/+/+/+/event",
         f"topic readwrite {p}/+/+/+/alert",
         f"topic readwrite {p}/{OPS_REQUEST}",
-        f"topic readwrite {p}/{OPS_REPLY}/#",
+        f"topic write {p}/{OPS_REPLY}/#",
+        f"topic read {p}/{OPS_REPLY}/alerts/#",
         "",
         "# ops at a terminal (smartmine alerts, smartmine record): see everything, act only through alerts.",
         "user ops",
         f"topic read {p}/#",
         f"topic write {p}/{OPS_REQUEST}",
+        f"topic read {p}/{OPS_REPLY}/ops/#",
         "topic read $SYS/#",
     ]
     for site in catalog.site_ids():

@@ -164,6 +164,8 @@ class Mosquitto(_Service):
     # The default in-flight window (20) throttles an acknowledge-after-write consumer; see docs/ingest.md.
     max_inflight_messages: int = 1000
     max_queued_messages: int = 1_000_000
+    # Every client's id becomes its login: a session (ingest's queued telemetry) belongs to one user only.
+    use_username_as_clientid: bool = False
 
     name = "mosquitto"
 
@@ -188,6 +190,7 @@ class Mosquitto(_Service):
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
             "per_listener_settings false",
             f"listener {self.port} {self.host}",
+            *(["use_username_as_clientid true"] if self.use_username_as_clientid else []),
             f"allow_anonymous {'true' if anonymous else 'false'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.data_dir}/",

@@ -102,7 +102,9 @@ def test_the_acl_knows_the_alerts_command_topics() -> None:
 
     acl = broker_acl(load_catalog(None), PREFIX)
     assert f"topic readwrite {request_topic(PREFIX)}" in acl and f"topic write {request_topic(PREFIX)}" in acl
-    assert f"topic readwrite {reply_topic(PREFIX, 'x').rsplit('/', 1)[0]}/#" in acl
+    space = reply_topic(PREFIX, "x", "t").rsplit("/", 2)[0]
+    assert f"topic write {space}/#" in acl
+    assert f"topic read {space}/alerts/#" in acl and f"topic read {space}/ops/#" in acl
 
 
 def test_shipped_mosquitto_conf_starts(tmp_path: Path, pki: TlsFiles) -> None:
@@ -110,7 +112,8 @@ def test_shipped_mosquitto_conf_starts(tmp_path: Path, pki: TlsFiles) -> None:
     config starts, refuses anonymous clients, lets ops in on plain MQTT and on TLS once that is enabled."""
     plain, tls = free_port(), free_port()
     text = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
-    text = "\n".join(line[1:] if line.startswith(("#listener", "#certfile", "#keyfile", "#tls_version")) else line
+    enable = ("#listener", "#use_username", "#certfile", "#keyfile", "#tls_version")
+    text = "\n".join(line[1:] if line.startswith(enable) else line
                      for line in text.splitlines())  # the TLS block, as an operator enables it
     for container_path, here in (("/mosquitto/config/", f"{tmp_path}/"), ("/mosquitto/data/", f"{tmp_path}/"),
                                  ("/mosquitto/certs/server.pem", str(pki.cert)),
