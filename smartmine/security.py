@@ -47,7 +47,7 @@ OPS_REQUEST = "_ops/alerts/request"
 OPS_REPLY = "_ops/alerts/reply"
 
 # The broker users of the pipeline's own services and of people (the gateways have one user per site).
-SERVICE_USERS = ("ingest", "analytics", "alerts", "ops")
+SERVICE_USERS = ("ingest", "analytics", "alerts", "alerts_health", "ops")
 
 
 def simulator_user(site: str) -> str:
@@ -99,6 +99,12 @@ def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX, ingest_workers: i
         f"topic readwrite {p}/{OPS_REQUEST}",
         f"topic write {p}/{OPS_REPLY}/#",
         f"topic read {p}/{OPS_REPLY}/alerts/#",
+        "",
+        "# alerts' healthcheck: one `smartmine alerts list` round trip with a login of its own, because a second",
+        "# connection as alerts would take the service's session over.",
+        "user alerts_health",
+        f"topic write {p}/{OPS_REQUEST}",
+        f"topic read {p}/{OPS_REPLY}/alerts_health/#",
         "",
         "# ops at a terminal (smartmine alerts, smartmine record): see everything, act only through alerts.",
         "user ops",

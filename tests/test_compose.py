@@ -194,6 +194,11 @@ def test_mosquitto_has_users_and_an_acl_for_every_stage(compose: dict[str, Any])
             if isinstance(s.get("environment"), dict)} - {None}
     assert used <= users and "ops" in users
     assert "topic write smartmine/_ops/alerts/request" in acl  # ops can acknowledge through the service
+    # alerts' healthcheck logs in as a user of its own, never as alerts (that would take the service's session)
+    check = " ".join(compose["services"]["alerts"]["healthcheck"]["test"])
+    assert "SMARTMINE_MQTT_USERNAME=alerts_health" in check and "alerts_health" in users
+    broker_env = compose["services"]["mosquitto"]["environment"]
+    assert "MQTT_PASSWORD_ALERTS_HEALTH" in broker_env
 
 
 def test_env_example_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
