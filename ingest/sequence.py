@@ -79,7 +79,7 @@ class SequenceCounts:
 
 
 class SequenceTracker:
-    """Per-source sequence state. Thread-safe: ``observe`` on the network thread, ``sweep`` on another."""
+    """Per-source sequence state: ``observe`` from one thread (the network thread), ``sweep`` from any."""
 
     def __init__(self, *, reorder_window: int = 100, reorder_s: float = 5.0, restart_below: int = 100_000,
                  max_sources: int = 100_000, clock: Callable[[], float] | None = None) -> None:
@@ -98,12 +98,14 @@ class SequenceTracker:
 
     def observe(self, source: str, seq: int) -> list[Gap] | None:
         """Take one message's ``seq``; returns the gaps this makes certain (None: none, the usual case)."""
+        s = self._sources.get(source)
+        if s is not None and seq == s.high + 1 and not s.holes:
+            # Without the lock: only this thread adds sources, holes or changes ``high``; sweep only takes
+            # holes away, and there are none here.
+            s.high = seq
+            return None
         with self._lock:
-            s = self._sources.get(source)
-            if s is not None and seq == s.high + 1 and not s.holes:
-                s.high = seq
-                return None
-            return self._observe_slow(source, s, seq)
+            return self._observe_slow(source, self._sources.get(source), seq)
 
     def _observe_slow(self, source: str, s: _Source | None, seq: int) -> list[Gap] | None:
         if s is None:

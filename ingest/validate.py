@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import le
@@ -121,7 +122,8 @@ class _Target:
     # The fast path's tables, for the sensors the encoder accepts (a reserved name is left to the slow path):
     fields: dict[str, _Field]                    # sensor -> everything about it, for the per-reading loop
     orders: dict[tuple[str, ...], _Order]        # the sensor orders seen on this topic
-    recent: dict[int, int]                       # timestamp (ns) -> hash of the line stored for it, newest last
+    recent: dict[str, int]                       # timestamp (ns, as written) -> hash of the line stored for it
+    recent_order: deque[str]                     # those timestamps, oldest first
 
     def order(self, sensors: tuple[str, ...]) -> _Order | None:
         """The tables for this order of sensors, or None when one is not a sensor of the topic."""
@@ -204,7 +206,7 @@ class Validator:
             fields[sid] = _Field(value, max(low, -sys.float_info.max), min(high, sys.float_info.max),
                                  {q: "," + quality_field(sid, q) for q in (*_QUALITIES, OUT_OF_RANGE)})
         return _Target(series_prefix(eq.type, t.site, t.area, t.equipment), ranges, f"{t.site}/{t.equipment}",
-                       fields, {}, {})
+                       fields, {}, {}, deque(maxlen=RECENT_TIMESTAMPS))
 
     def check(self, topic: str, payload: bytes, now: float) -> Checked:
         """Validate one message received at ``now`` (seconds since the epoch)."""
@@ -217,17 +219,19 @@ class Validator:
             return checked
         # Same series, same timestamp: InfluxDB would overwrite the first sample with the second (a stuck
         # clock's ten samples became one point). The same line again is a redelivery and harmless.
-        ns = int(line[line.rindex(" ") + 1:])
+        ts = line[line.rindex(" ") + 1:]
         digest = hash(line)
         recent = target.recent
-        known = recent.get(ns)
+        known = recent.get(ts)
         if known is None:
-            recent[ns] = digest
-            if len(recent) > RECENT_TIMESTAMPS:
-                del recent[next(iter(recent))]
+            order = target.recent_order  # a ring of the timestamps remembered, oldest first
+            if len(order) == RECENT_TIMESTAMPS:
+                del recent[order[0]]
+            recent[ts] = digest
+            order.append(ts)
         elif known != digest:
             return Checked(None, rejection=Rejection(
-                SAME_TIMESTAMP, f"{target.where} already has a different sample at ts {_iso_ns(ns)} "
+                SAME_TIMESTAMP, f"{target.where} already has a different sample at ts {_iso_ns(int(ts))} "
                                 f"(this one: seq {checked.seq}); not written over it (a stuck clock?)"),
                 seq=checked.seq, src=checked.src)
         return checked
