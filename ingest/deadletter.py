@@ -138,6 +138,19 @@ class DeadLetterSink:
             self.file.unlink()
         self._size = 0
 
+    def _append(self, data: bytes) -> None:
+        self._rotate_if_due(len(data))
+        try:
+            with self.file.open("ab") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            self._size = None  # what is in the file now is unknown: look again next time
+            raise
+        assert self._size is not None
+        self._size += len(data)
+
     def write(self, letters: Sequence[Record]) -> None:
         """Durably record ``letters`` (those within the rate): when this returns, they are on disk."""
         if not letters:
@@ -148,18 +161,15 @@ class DeadLetterSink:
                 return
             encoded = [json.dumps(dl.record(self.ingest_id, self.keep_bytes), ensure_ascii=False).encode()
                        for dl in letters]
-            data = b"\n".join(encoded) + b"\n"
-            self._rotate_if_due(len(data))
-            try:
-                with self.file.open("ab") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except OSError:
-                self._size = None  # what is in the file now is unknown: look again next time
-                raise
-            assert self._size is not None
-            self._size += len(data)
+            chunk: list[bytes] = []
+            size = 0
+            for data in encoded:  # in pieces of at most max_bytes, so that no file grows past it
+                if chunk and size + len(data) + 1 > self.max_bytes:
+                    self._append(b"\n".join(chunk) + b"\n")
+                    chunk, size = [], 0
+                chunk.append(data)
+                size += len(data) + 1
+            self._append(b"\n".join(chunk) + b"\n")
         if self._publish is not None:
             for data in encoded:
                 try:

@@ -201,7 +201,7 @@ def test_dead_letters_of_huge_topics_and_payloads_stay_small_and_the_file_rotate
     now = datetime.now(UTC).replace(microsecond=0)
     msgs = [(huge_topic.replace("xx", f"{i:04d}", 1), _gas_payload(now, i, 0.3)) for i in range(100)]
     big = encode_telemetry(now, 1, {"ch4_pct": 0.3}).replace(b"}}", b"}" + b" " * 60_000 + b"}")
-    msgs += [(topic(gas.site, gas.area, gas.id, "telemetry", p), big)] * 100
+    msgs += [(topic(gas.site, gas.area, gas.id, "telemetry", p), big)] * 250  # ~10 kB of record each
     pub = Publisher(settings, f"pub-big-{settings.topic_prefix}")
     try:
         pub.publish(msgs, timeout_s=60)
