@@ -237,6 +237,9 @@ class IngestService:
         t = self.totals
         log.info("ingest %s stopped: %d messages, %d points written, %d dead letters, %d batches spooled, "
                  "%d in the spool", self.client_id, t.messages, t.points, t.dead_letters, t.spooled, self._spool.depth)
+        if self.integrity.gaps_reported:
+            log.warning("ingest %s saw %d sequence gaps, %d messages that never arrived (%s)", self.client_id,
+                        self.integrity.gaps_reported, self.integrity.missing_reported, self.integrity.gap_sink.file)
 
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Run until SIGTERM/SIGINT (or ``stop_event``), then flush and exit."""
