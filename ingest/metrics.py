@@ -20,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from ingest.validate import REASONS
 
 _NS = "smartmine_ingest"
+MAX_SOURCE_LABELS = 200
+OTHER_SOURCES = "_other"
 
 
 class IngestMetrics:
@@ -48,6 +50,25 @@ class IngestMetrics:
         self.lag = Gauge(f"{_NS}_lag_seconds",
                          "Age of the oldest sample of the last batch when it became durable", registry=r)
         self.connected = Gauge(f"{_NS}_mqtt_connected", "1 while connected to the broker", registry=r)
+        # Integrity (ingest/sequence.py, the dead-letter sink): what never arrived, what was not written out.
+        self.gap_messages = Counter(f"{_NS}_sequence_gap_messages",
+                                    "Messages missing from a publisher's seq (gaps), by source (the first "
+                                    f"{MAX_SOURCE_LABELS} sources; the rest as source=\"{OTHER_SOURCES}\")",
+                                    ["source"], registry=r)
+        self.gaps = Counter(f"{_NS}_sequence_gaps", "Gaps found in publishers' seq", registry=r)
+        self.seq_duplicates = Counter(f"{_NS}_sequence_duplicate_messages",
+                                      "Messages with a seq already seen (redeliveries)", registry=r)
+        self.seq_late = Counter(f"{_NS}_sequence_late_messages",
+                                "Messages that arrived after their gap had been reported", registry=r)
+        self.seq_restarts = Counter(f"{_NS}_sequence_restarts", "Publishers whose seq began again", registry=r)
+        self.broker_dropped = Counter(f"{_NS}_broker_dropped_messages",
+                                      "Increase of the broker's $SYS/broker/publish/messages/dropped", registry=r)
+        self.dead_letters_suppressed = Counter(f"{_NS}_dead_letters_suppressed",
+                                               "Dead-letter and gap records over the rate limit: counted, "
+                                               "not written out", ["reason"], registry=r)
+        self.dead_letter_failures = Counter(f"{_NS}_dead_letter_write_failures",
+                                            "Dead-letter or gap files that could not be written (full disk...)",
+                                            registry=r)
 
 
 class MetricsServer:

@@ -37,10 +37,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.deadletter import DeadLetter, DeadLetterSink
+from ingest.integrity import SYS_DROPPED, IntegrityReporter
 from ingest.metrics import IngestMetrics, MetricsServer
 from ingest.mqtt_client import LeanPublishClient
+from ingest.sequence import SequenceTracker
 from ingest.spool import Spool, SpoolFull
-from ingest.validate import PAYLOAD_TOO_LARGE, REJECTED_BY_INFLUXDB, TOO_LARGE_KEPT_BYTES, Validator
+from ingest.validate import REJECTED_BY_INFLUXDB, TOO_LARGE_KEPT_BYTES, Validator
 from ingest.writer import BatchWriter, WriteUnavailable, backoff_delays
 from smartmine.catalog import Catalog, load_catalog
 from smartmine.config import Settings
@@ -60,6 +62,11 @@ def deadletter_topic(settings: Settings) -> str:
 
 def deadletter_file(settings: Settings) -> Path:
     return settings.ingest.deadletter_file or settings.data_dir / "deadletter.jsonl"
+
+
+def gap_file(settings: Settings) -> Path:
+    """Sequence-gap records, beside the dead letters."""
+    return deadletter_file(settings).with_name("gaps.jsonl")
 
 
 def spool_dir(settings: Settings, client_id: str) -> Path:
@@ -120,7 +127,8 @@ class IngestService:
         self.metrics = IngestMetrics()
         self.totals = Totals()
         self._validator = Validator(self.catalog, settings.topic_prefix, max_sample_age_s=cfg.max_sample_age_s,
-                                    max_clock_skew_s=cfg.max_clock_skew_s, max_payload_bytes=cfg.max_payload_bytes)
+                                    max_clock_skew_s=cfg.max_clock_skew_s, max_payload_bytes=cfg.max_payload_bytes,
+                                    same_timestamp_guard=True)
         self._influx = InfluxClient.from_settings(settings, timeout_s=cfg.write_timeout_s)
         self._writer = BatchWriter(self._influx, retry_initial_s=cfg.retry_initial_s, retry_max_s=cfg.retry_max_s,
                                    observe=self._observe_write, ensure_database=self._ensure_database)
@@ -135,8 +143,21 @@ class IngestService:
         self._client.on_subscribe = self._on_subscribe
         self._client.reconnect_delay_set(1, 30)
         dl_topic = deadletter_topic(settings)
+        limits: dict[str, Any] = {"max_bytes": cfg.deadletter_max_mb * 1_000_000, "keep_bytes": TOO_LARGE_KEPT_BYTES,
+                  "rate_per_s": cfg.deadletter_rate_per_s, "burst": max(10, int(10 * cfg.deadletter_rate_per_s)),
+                  "on_suppressed": lambda reason: self.metrics.dead_letters_suppressed.labels(reason).inc()}
         self._dead = DeadLetterSink(deadletter_file(settings), self.client_id,
-                                    lambda data: self._client.publish(dl_topic, data, qos=1, retain=False))
+                                    lambda data: self._client.publish(dl_topic, data, qos=1, retain=False), **limits)
+        self._dead_failed_logged = 0.0
+        self._dead_failure: str | None = None
+        gaps_on = cfg.sequence_gaps if cfg.sequence_gaps is not None else not cfg.group
+        self.integrity = IntegrityReporter(
+            self.metrics,
+            SequenceTracker(reorder_window=cfg.sequence_reorder_window, reorder_s=cfg.sequence_reorder_s,
+                            restart_below=max(cfg.receive_maximum, 1000)) if gaps_on else None,
+            DeadLetterSink(gap_file(settings), self.client_id,
+                           lambda data: self._client.publish(dl_topic + "/gaps", data, qos=1, retain=False), **limits))
+        self._sys_mid: int | None = None
         # A batch may hold at most a share of the in-flight window, so that the next one fills while
         # write_concurrency batches are written: otherwise the broker would wait for their acknowledgements.
         self._max_batch_messages = max(1, cfg.receive_maximum // (cfg.write_concurrency + 1))
@@ -186,6 +207,7 @@ class IngestService:
             log.info("spool %s holds %d batches from an earlier run; replaying them first",
                      self._spool.directory, self._spool.depth)
         self._writer_thread.start()
+        self.integrity.start()
         if self._metrics_server:
             self._metrics_server.start()
             log.info("metrics on http://%s:%d/metrics, health on /healthz", self.cfg.metrics_host,
@@ -203,6 +225,7 @@ class IngestService:
         self._writer_thread.join(timeout_s)
         if self._writer_thread.is_alive():
             log.error("writer did not finish within %.0f s; unacknowledged messages will be redelivered", timeout_s)
+        self.integrity.stop()
         # DISCONNECT goes out behind the acknowledgements already queued; the session stays on the broker.
         self._client.disconnect()
         self._client.loop_stop()
@@ -214,6 +237,9 @@ class IngestService:
         t = self.totals
         log.info("ingest %s stopped: %d messages, %d points written, %d dead letters, %d batches spooled, "
                  "%d in the spool", self.client_id, t.messages, t.points, t.dead_letters, t.spooled, self._spool.depth)
+        if self.integrity.gaps_reported:
+            log.warning("ingest %s saw %d sequence gaps, %d messages that never arrived (%s)", self.client_id,
+                        self.integrity.gaps_reported, self.integrity.missing_reported, self.integrity.gap_sink.file)
 
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Run until SIGTERM/SIGINT (or ``stop_event``), then flush and exit."""
@@ -244,6 +270,8 @@ class IngestService:
             problems.append(self._spool_full)
         if not self._writer_thread.is_alive() and not self._stopping:
             problems.append("writer thread died")
+        if self._dead_failure:
+            problems.append(self._dead_failure)
         details = {
             "mqtt_connected": self._connected,
             "subscribed": self._subscribed,
@@ -268,8 +296,16 @@ class IngestService:
         log.info("connected to %s as %s (session %s); subscribing to %s", self.settings.mqtt.masked(),
                  self.client_id, "resumed" if flags.session_present else "new", topic)
         client.subscribe(topic, qos=1)
+        # The broker's count of messages it dropped (a full queue): a second subscription, so that a broker or
+        # ACL that refuses $SYS does not stop the telemetry one.
+        self._sys_mid = client.subscribe(SYS_DROPPED, qos=0)[1]
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        if mid == self._sys_mid:
+            if any(r.is_failure for r in reasons):
+                log.info("the broker does not let ingest read %s (%s): broker drops are seen from the sequence "
+                         "gaps only", SYS_DROPPED, reasons[0])
+            return
         for r in reasons:
             if r.is_failure:
                 log.error("the broker refused the subscription %s: %s", telemetry_subscription(self.settings), r)
@@ -294,7 +330,13 @@ class IngestService:
             return  # not acknowledged: the broker redelivers it to the next session
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
         topic = msg.topic  # paho decodes the topic on every access
+        if topic[:1] == "$":  # $SYS, QoS 0: nothing to acknowledge
+            if topic == SYS_DROPPED:
+                self.integrity.on_sys_dropped(payload)
+            return
         checked = self._validator.check(topic, payload, time.time())
+        if checked.seq >= 0:
+            self.integrity.observe(checked.src or topic, checked.seq)
         with self._lock:
             b = self._open
             if b is None or b.epoch != self._epoch:
@@ -312,9 +354,8 @@ class IngestService:
                 if checked.sample_ts < b.oldest_sample:
                     b.oldest_sample = checked.sample_ts
             if checked.rejection is not None:
-                r = checked.rejection
-                kept = payload[:TOO_LARGE_KEPT_BYTES] if r.reason == PAYLOAD_TOO_LARGE else payload
-                b.letters.append(DeadLetter(r.reason, r.detail, topic, kept, time=time.time()))
+                r = checked.rejection  # the sink keeps the payload's first TOO_LARGE_KEPT_BYTES
+                b.letters.append(DeadLetter(r.reason, r.detail, topic, payload, time=time.time()))
             if (len(b.lines) >= self.cfg.batch_size or b.nbytes >= self.cfg.batch_max_bytes
                     or len(b.acks) >= self._max_batch_messages):
                 self._seal_locked()
@@ -414,7 +455,8 @@ class IngestService:
 
     def _make_durable(self, b: _Batch) -> bool:
         if not b.letters_done:
-            self._dead_letter(b.letters)
+            if not self._dead_letter(b.letters):
+                return False  # not acknowledged: neither stored nor dead-lettered, the broker keeps it
             b.letters_done = True
         if not b.lines:
             return True
@@ -483,14 +525,26 @@ class IngestService:
         if oldest_sample != float("inf"):
             self.metrics.lag.set(max(0.0, time.time() - oldest_sample))
 
-    def _dead_letter(self, letters: list[DeadLetter]) -> None:
+    def _dead_letter(self, letters: list[DeadLetter]) -> bool:
+        """Write ``letters`` durably; False (counted, logged at ERROR every 30 s) when the file cannot be."""
         if not letters:
-            return
-        self._dead.write(letters)
+            return True
+        try:
+            self._dead.write(letters)
+        except OSError as exc:
+            self.metrics.dead_letter_failures.inc()
+            self._dead_failure = f"cannot write dead letters to {self._dead.file}: {exc}"
+            if time.monotonic() - self._dead_failed_logged > 30:
+                self._dead_failed_logged = time.monotonic()
+                log.error("%s; their messages are not acknowledged (the broker keeps them) until it can",
+                          self._dead_failure)
+            return False
+        self._dead_failure = None
         for dl in letters:
             self.metrics.dead_letters.labels(dl.reason).inc()
-            log.debug("dead letter %s: %s (%s)", dl.reason, dl.detail, dl.topic)
+            log.debug("dead letter %s: %s (%s)", dl.reason, dl.detail[:200], dl.topic[:200])
         self.totals.dead_letters += len(letters)
+        return True
 
     def _ack(self, b: _Batch) -> None:
         with self._conn_lock:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import le
@@ -50,14 +51,21 @@ UNKNOWN_SENSOR = "unknown_sensor"
 TIMESTAMP_TOO_OLD = "timestamp_too_old"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 REJECTED_BY_INFLUXDB = "rejected_by_influxdb"
+SAME_TIMESTAMP = "same_timestamp_different_sample"
 REASONS = (INVALID_TOPIC, INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, UNKNOWN_SITE, UNKNOWN_EQUIPMENT, AREA_MISMATCH,
-           UNKNOWN_SENSOR, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, REJECTED_BY_INFLUXDB)
+           UNKNOWN_SENSOR, TIMESTAMP_TOO_OLD, TIMESTAMP_IN_FUTURE, REJECTED_BY_INFLUXDB, SAME_TIMESTAMP)
 
 # A dead letter of an oversized payload keeps only its head: a flood of them must not fill the disk.
 TOO_LARGE_KEPT_BYTES = 4096
 
-# Distinct topics remembered; a flood of bogus topics must not grow memory without bound.
-_TOPIC_CACHE_MAX = 100_000
+# Distinct topics remembered (least recently used forgotten first); a flood of bogus topics must not grow
+# memory without bound. A topic longer than any the catalog can make (the gateway ACL lets 32 kB topics
+# through) is refused without being remembered, and its detail quotes only its head.
+_TOPIC_CACHE_MAX = 20_000
+MAX_TOPIC_CHARS = 512
+# Timestamps remembered per series to tell a second, different sample at the same time (a stuck clock)
+# from a redelivery of the same one: the most recent ones only, a publisher's clock moves forward.
+RECENT_TIMESTAMPS = 64
 
 # The fast path takes the timestamp form publishers send (``wire.format_ts``: UTC, "Z", up to microseconds);
 # any other RFC 3339 form is left to pydantic. ASCII digits only: ``\d`` would also match other scripts'.
@@ -114,6 +122,8 @@ class _Target:
     # The fast path's tables, for the sensors the encoder accepts (a reserved name is left to the slow path):
     fields: dict[str, _Field]                    # sensor -> everything about it, for the per-reading loop
     orders: dict[tuple[str, ...], _Order]        # the sensor orders seen on this topic
+    recent: dict[str, int]                       # timestamp (ns, as written) -> hash of the line stored for it
+    recent_order: deque[str]                     # those timestamps, oldest first
 
     def order(self, sensors: tuple[str, ...]) -> _Order | None:
         """The tables for this order of sensors, or None when one is not a sensor of the topic."""
@@ -137,14 +147,19 @@ class Checked:
     out_of_range: int = 0
     sample_ts: float = 0.0                       # seconds since the epoch, for lag
     rejection: Rejection | None = None
+    seq: int = -1                                # the sample's sequence number (-1: not a valid sample)
+    src: str | None = None                       # its publisher, when it says
 
 
 class Validator:
     """Turns (topic, payload) into a line of line protocol or a rejection. Not thread-safe (one per consumer)."""
 
     def __init__(self, catalog: Catalog, prefix: str, *, max_sample_age_s: float, max_clock_skew_s: float,
-                 max_payload_bytes: int = 262_144, fast_path: bool = True) -> None:
+                 max_payload_bytes: int = 262_144, fast_path: bool = True, same_timestamp_guard: bool = False) -> None:
         self.catalog = catalog
+        # True (the service): a second, different sample of a series at a timestamp already stored is refused.
+        # Off, check() is a pure function of the message, which is how the tests compare the two paths.
+        self.same_timestamp_guard = same_timestamp_guard
         self.fast_path = fast_path  # False: every message through pydantic (the reference the tests compare to)
         self.max_payload_bytes = max_payload_bytes
         self.prefix = prefix
@@ -153,11 +168,16 @@ class Validator:
         self._targets: dict[str, _Target | Rejection] = {}
 
     def target(self, topic: str) -> _Target | Rejection:
-        hit = self._targets.get(topic)
+        targets = self._targets
+        hit = targets.pop(topic, None)  # and put back last: the dict's order is least recently used first
         if hit is None:
-            if len(self._targets) >= _TOPIC_CACHE_MAX:
-                self._targets.clear()
-            hit = self._targets[topic] = self._resolve(topic)
+            if len(topic) > MAX_TOPIC_CHARS:
+                return Rejection(INVALID_TOPIC, f"topic of {len(topic)} characters (over {MAX_TOPIC_CHARS}): "
+                                                f"{topic[:80]!r}...")
+            if len(targets) >= _TOPIC_CACHE_MAX:
+                del targets[next(iter(targets))]
+            hit = self._resolve(topic)
+        targets[topic] = hit
         return hit
 
     def _resolve(self, topic: str) -> _Target | Rejection:
@@ -186,13 +206,37 @@ class Validator:
             fields[sid] = _Field(value, max(low, -sys.float_info.max), min(high, sys.float_info.max),
                                  {q: "," + quality_field(sid, q) for q in (*_QUALITIES, OUT_OF_RANGE)})
         return _Target(series_prefix(eq.type, t.site, t.area, t.equipment), ranges, f"{t.site}/{t.equipment}",
-                       fields, {})
+                       fields, {}, {}, deque(maxlen=RECENT_TIMESTAMPS))
 
     def check(self, topic: str, payload: bytes, now: float) -> Checked:
         """Validate one message received at ``now`` (seconds since the epoch)."""
         target = self.target(topic)
         if isinstance(target, Rejection):
             return Checked(None, rejection=target)
+        checked = self._check(target, payload, now)
+        line = checked.line
+        if line is None or not self.same_timestamp_guard:
+            return checked
+        # Same series, same timestamp: InfluxDB would overwrite the first sample with the second (a stuck
+        # clock's ten samples became one point). The same line again is a redelivery and harmless.
+        ts = line[line.rindex(" ") + 1:]
+        digest = hash(line)
+        recent = target.recent
+        known = recent.get(ts)
+        if known is None:
+            order = target.recent_order  # a ring of the timestamps remembered, oldest first
+            if len(order) == RECENT_TIMESTAMPS:
+                del recent[order[0]]
+            recent[ts] = digest
+            order.append(ts)
+        elif known != digest:
+            return Checked(None, rejection=Rejection(
+                SAME_TIMESTAMP, f"{target.where} already has a different sample at ts {_iso_ns(int(ts))} "
+                                f"(this one: seq {checked.seq}); not written over it (a stuck clock?)"),
+                seq=checked.seq, src=checked.src)
+        return checked
+
+    def _check(self, target: _Target, payload: bytes, now: float) -> Checked:
         if len(payload) > self.max_payload_bytes:
             # Refused before parsing: a huge payload must not cost the parser's time and memory.
             return Checked(None, rejection=Rejection(
@@ -211,11 +255,11 @@ class Validator:
         if sample_ts < now - self.max_sample_age_s:
             return Checked(None, rejection=Rejection(
                 TIMESTAMP_TOO_OLD, f"ts {_iso(ts)} is more than {self.max_sample_age_s:g} s before "
-                                   f"the ingest clock ({_iso_epoch(now)})"))
+                                   f"the ingest clock ({_iso_epoch(now)})"), seq=sample.seq, src=sample.src)
         if sample_ts > now + self.max_clock_skew_s:
             return Checked(None, rejection=Rejection(
                 TIMESTAMP_IN_FUTURE, f"ts {_iso(ts)} is more than {self.max_clock_skew_s:g} s after "
-                                     f"the ingest clock ({_iso_epoch(now)})"))
+                                     f"the ingest clock ({_iso_epoch(now)})"), seq=sample.seq, src=sample.src)
 
         ranges = target.ranges
         readings = sample.values()
@@ -228,7 +272,7 @@ class Validator:
             rejection = Rejection(UNKNOWN_SENSOR, f"{target.where} has no sensor {', '.join(sorted(unknown))} "
                                                   f"in the catalog; {kept}")
             if not readings:
-                return Checked(None, rejection=rejection)
+                return Checked(None, rejection=rejection, seq=sample.seq, src=sample.src)
         out_of_range = 0
         for sensor, (value, _quality) in readings.items():
             lo, hi = ranges[sensor]
@@ -238,8 +282,8 @@ class Validator:
         try:
             line = telemetry_line(target.prefix, ts, sample.seq, readings)
         except WireError as exc:  # the encoder's last line of defence (a reserved or non-id sensor name)
-            return Checked(None, rejection=Rejection(INVALID_PAYLOAD, str(exc)))
-        return Checked(line, len(readings), out_of_range, sample_ts, rejection)
+            return Checked(None, rejection=Rejection(INVALID_PAYLOAD, str(exc)), seq=sample.seq, src=sample.src)
+        return Checked(line, len(readings), out_of_range, sample_ts, rejection, sample.seq, sample.src)
 
     def _fast(self, target: _Target, payload: bytes, now: float) -> Checked | None:
         """The common well-formed message in one pass, or None: then :meth:`check` validates it fully.
@@ -260,6 +304,7 @@ class Validator:
         seq = body.get("seq")
         readings = body.get("readings")
         strings = len(body) + 1                  # the JSON strings of the message: its keys and ts so far
+        src = None
         if len(body) != 4:
             src = body.get("src")
             if len(body) != 5 or "src" not in body:
@@ -301,7 +346,7 @@ class Validator:
         if payload.count(b'"') != 2 * (strings + len(readings)):
             return None
         return Checked(assemble_line(target.prefix, fields, seq, ts_ns(when)), len(readings), out_of_range,
-                       sample_ts)
+                       sample_ts, None, seq, src)
 
     @staticmethod
     def _fast_readings(target: _Target, readings: dict[str, Any]) -> tuple[str, int, int] | None:
@@ -344,6 +389,10 @@ class Validator:
 
 def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso_ns(ns: int) -> str:
+    return _iso(datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=ns % 1_000_000_000 // 1000))
 
 
 def _iso_epoch(t: float) -> str:

@@ -159,6 +159,15 @@ class IngestSettings(BaseModel):
     spool_max_mb: int = Field(default=1024, ge=1)
     deadletter_file: Path | None = Field(default=None, description="Default: <data_dir>/deadletter.jsonl")
     deadletter_topic: str | None = Field(default=None, description="Default: <prefix>/deadletter/ingest")
+    deadletter_max_mb: int = Field(default=64, ge=1, description="The dead-letter file rotates at this size "
+                                   "(and gaps.jsonl beside it); three older files are kept")
+    deadletter_rate_per_s: float = Field(default=200.0, gt=0, description="Dead letters written out per second "
+                                         "(bursts of 10 s of it); the rest are only counted")
+    sequence_gaps: bool | None = Field(default=None, description="Track each publisher's seq and report gaps; "
+                                       "default: on without a group (each worker of a group sees a share)")
+    sequence_reorder_window: int = Field(default=100, ge=0, description="A hole in a publisher's seq is a gap "
+                                         "once it is this many messages behind, or open sequence_reorder_s")
+    sequence_reorder_s: float = Field(default=5.0, gt=0, description="How long a hole may wait to be filled")
     max_payload_bytes: int = Field(default=262_144, ge=1024, description="Larger messages are dead-lettered "
                                    "unparsed (a sample of 1024 readings is about 50 kB)")
     max_sample_age_s: float = Field(default=7 * 86_400, gt=0,

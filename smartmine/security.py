@@ -77,11 +77,12 @@ def broker_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX, ingest_workers: i
         "# site. Anything not granted is denied: the broker drops a publish to a topic the user may not write",
         "# and never delivers a message the user may not read. Passwords: deploy/mosquitto/entrypoint.sh.",
         "",
-        "# ingest reads every site's telemetry and publishes only the dead letters of what it rejects.",
+        "# ingest reads every site's telemetry and publishes only the dead letters of what it rejects (and the",
+        "# gaps it finds); it reads the broker's count of dropped messages.",
     ]
     for worker in range(1, ingest_workers + 1):
         lines += [f"user {ingest_user(worker)}", f"topic read {p}/+/+/+/telemetry",
-                  f"topic write {p}/{DEADLETTER_TOPIC_LEVEL}/#", ""]
+                  f"topic write {p}/{DEADLETTER_TOPIC_LEVEL}/#", "topic read $SYS/broker/publish/messages/dropped", ""]
     lines += [
         "# analytics reads telemetry and publisher status and is the only one to publish anomaly events.",
         "user analytics",
