@@ -77,7 +77,8 @@ def role_stages(args: argparse.Namespace, scenario: str, speed: str) -> tuple[St
             StageSpec("ingest", ("ingest",), f"{site} telemetry → local InfluxDB"),
             StageSpec("analytics", ("analyze", "stream", "--site", site), "streaming detectors of this site"),
             StageSpec("alerts", ("alerts", "run"), "this site's alerts, whatever the uplink does"),
-            StageSpec("simulate", ("simulate", "--site", site, "--scenario", scenario, "--speed", speed),
+            # QoS 1 into the edge broker: a QoS 0 message is never queued for the bridge while the uplink is down.
+            StageSpec("simulate", ("simulate", "--site", site, "--scenario", scenario, "--speed", speed, "--qos", "1"),
                       f"{site}, scenario {scenario}"),
         )
     workers = []
