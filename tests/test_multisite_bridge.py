@@ -194,3 +194,34 @@ def test_centre_refuses_a_foreign_bridge_and_a_site_publishing_as_another(group:
         assert other not in sink.topics()
     finally:
         sink.close()
+
+
+def test_group_compose_file_is_valid_and_mounts_the_generated_configs() -> None:
+    import json
+    import shutil
+    import subprocess
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+
+    compose_file = ROOT / "docker-compose.group.yml"
+    compose = yaml.safe_load(compose_file.read_text(encoding="utf-8"))
+    schema = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+                        .read_text(encoding="utf-8"))
+    assert [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(compose)] == []
+    for site in (SITE, OTHER):
+        bridge = (ROOT / f"deploy/mosquitto/bridge/bridge-{site}.conf").read_text(encoding="utf-8")
+        # What `smartmine deploy bridge` writes for this site, with the container's certificate paths.
+        load = site_load(builtin_catalog(), site)
+        expected = bridge_section(site, "mqtts://centre-mosquitto:8883",
+                                  BridgeTls(Path("/mosquitto/certs/group-ca.pem"),
+                                            Path(f"/mosquitto/certs/bridge_{site}.pem"),
+                                            Path(f"/mosquitto/certs/bridge_{site}.key")), queue_plan(load))
+        assert bridge == expected
+        assert any(f"bridge-{site}.conf" in v for s in compose["services"].values() for v in s.get("volumes", []))
+    if shutil.which("docker-compose"):
+        env = ROOT / ".env.example"
+        result = subprocess.run(["docker-compose", "--project-directory", str(ROOT), "--env-file", str(env), "-f",
+                                 str(compose_file), "config", "-q"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
