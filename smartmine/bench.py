@@ -33,6 +33,7 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "simulate": "simulators.bench",
     "ingest": "ingest.bench",
+    "centre": "ingest.bench_centre",
     "analytics": "analytics.bench",
     "alerts": "alerts.bench",
     "replay": "replay.bench",

@@ -28,6 +28,7 @@ STAGE_COMMANDS: tuple[str, ...] = (
     "replay.cli",       # smartmine record | export | replay | import-csv
     "smartmine.stack",  # smartmine up | down | report
     "smartmine.bench",  # smartmine bench ...
+    "smartmine.bridge",  # smartmine deploy bridge | centre (a group of sites and its centre)
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -199,3 +199,58 @@ def issue_certificate(ca: TlsFiles, directory: Path, hosts: Iterable[str] = ("lo
         csr.unlink(missing_ok=True)
     key.chmod(0o600)
     return TlsFiles(cert=cert, key=key, ca=ca.cert)
+
+
+# ---------------------------------------------------------------------------------------- the group centre
+# Where a site's own anomaly events and alerts land at the centre (smartmine/bridge.py): "_edge" can never be a
+# site id, so they never mix with the centre's own analytics and alerts on <prefix>/<site>/+/+/event|alert.
+EDGE_LEVEL = "_edge"
+# The bridges' connection state (1 up, 0 down: Mosquitto's notification, a last will) at the centre.
+BRIDGE_STATE_LEVEL = "_bridge"
+
+
+def bridge_user(site: str) -> str:
+    """The centre's broker user of a site's bridge: its certificate's CN and its client id."""
+    return f"bridge_{site}"
+
+
+def centre_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
+    """The centre broker's ACL for the sites' listener: :func:`broker_acl` plus one bridge user per site.
+
+    A site's bridge may publish that site's telemetry and status, its own events and alerts under
+    ``<prefix>/_edge/<site>/`` and its connection state; nothing of another site, nothing the centre's
+    services publish.
+    """
+    p = check_prefix(prefix)
+    lines = [broker_acl(catalog, prefix).rstrip("\n")]
+    for site in catalog.site_ids():
+        lines += [
+            "",
+            f"# {site}'s bridge from its edge broker (smartmine deploy bridge): this site's data, nothing else.",
+            f"user {bridge_user(site)}",
+            f"topic write {p}/{site}/+/+/telemetry",
+            f"topic write {p}/{site}/+/+/status",
+            f"topic write {p}/{EDGE_LEVEL}/{site}/+/+/event",
+            f"topic write {p}/{EDGE_LEVEL}/{site}/+/+/alert",
+            f"topic write {p}/{BRIDGE_STATE_LEVEL}/{site}/state",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def issue_client_certificate(ca: TlsFiles, directory: Path, name: str, days: int = 30) -> TlsFiles:
+    """A client certificate with CN ``name`` signed by ``ca``: a site's bridge login at the centre."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key, csr = directory / f"{name}.pem", directory / f"{name}.key", directory / f"{name}.csr"
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+             "-out", str(csr), "-subj", f"/CN={name}")
+    with tempfile.NamedTemporaryFile("w", suffix=".ext", dir=directory, delete=False) as ext:
+        ext.write("extendedKeyUsage=clientAuth\nbasicConstraints=critical,CA:FALSE\n"
+                  "keyUsage=critical,digitalSignature\n")
+    try:
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-CAcreateserial",
+                 "-out", str(cert), "-days", str(days), "-extfile", ext.name)
+    finally:
+        Path(ext.name).unlink(missing_ok=True)
+        csr.unlink(missing_ok=True)
+    key.chmod(0o600)
+    return TlsFiles(cert=cert, key=key, ca=ca.cert)

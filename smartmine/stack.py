@@ -58,6 +58,97 @@ def pipeline_stages(scenario: str, speed: str) -> tuple[StageSpec, ...]:
 STAGES = pipeline_stages("demo", "1")
 
 
+# ---------------------------------------------------------------------------------------------------- roles
+# `up --role edge|centre` (docs/multisite.md): a site's own stack with the bridge to the group centre, or the
+# centre with several ingest workers on one shared subscription. The default role, all, is the one-machine
+# pipeline above, unchanged.
+ROLES = ("all", "edge", "centre")
+CENTRE_INGEST_GROUP = "centre"
+
+
+def role_stages(args: argparse.Namespace, scenario: str, speed: str) -> tuple[StageSpec, ...]:
+    """The stages of ``args.role``: edge = the pipeline of one site; centre = N ingest workers, analytics, alerts."""
+    role = getattr(args, "role", "all") or "all"
+    if role == "all":
+        return pipeline_stages(scenario, speed)
+    if role == "edge":
+        site = args.site
+        return (
+            StageSpec("ingest", ("ingest",), f"{site} telemetry → local InfluxDB"),
+            StageSpec("analytics", ("analyze", "stream", "--site", site), "streaming detectors of this site"),
+            StageSpec("alerts", ("alerts", "run"), "this site's alerts, whatever the uplink does"),
+            # QoS 1 into the edge broker: a QoS 0 message is never queued for the bridge while the uplink is down.
+            StageSpec("simulate", ("simulate", "--site", site, "--scenario", scenario, "--speed", speed, "--qos", "1"),
+                      f"{site}, scenario {scenario}"),
+        )
+    workers = []
+    for i in range(max(1, args.workers)):
+        # Worker 0 serves the metrics port up watches (SMARTMINE_INGEST__METRICS_PORT); the others their own.
+        port = () if i == 0 else ("--metrics-port", str(free_port()))
+        workers.append(StageSpec(f"ingest-{i + 1}", ("ingest", "--group", CENTRE_INGEST_GROUP, "--client-id",
+                                                     f"smartmine-ingest-centre-{i + 1}", *port),
+                                 f"every site's telemetry → InfluxDB (shared subscription, worker {i + 1})"))
+    return (*workers,
+            StageSpec("analytics", ("analyze", "stream"), "streaming detectors, every site"),
+            StageSpec("alerts", ("alerts", "run"), "alerts of every site"))
+
+
+def role_broker(args: argparse.Namespace, settings: Settings, data_dir: Path, port: int) -> Mosquitto:
+    """The broker of ``args.role``: plain (all), with the bridge to the centre (edge), with the site listener."""
+    role = getattr(args, "role", "all") or "all"
+    if role == "all":
+        return Mosquitto(data_dir, port=port)
+    from smartmine.bridge import (
+        BridgeTls,
+        CentreBroker,
+        EdgeBroker,
+        SiteListener,
+        bridge_section,
+        queue_plan,
+        site_load,
+    )
+    from smartmine.catalog import load_catalog
+
+    catalog = load_catalog(settings.catalog_dir)
+    files = (args.cafile, args.certfile, args.keyfile)
+    if any(files) and not all(files):
+        raise UsageError("--cafile, --certfile and --keyfile go together")
+    if role == "edge":
+        if not args.site or not args.centre:
+            raise UsageError("--role edge needs --site SITE and --centre URL (the centre's site listener)")
+        load = site_load(catalog, args.site, settings.topic_prefix)
+        plan = queue_plan(load, args.outage)
+        tls = BridgeTls(*(Path(f).resolve() for f in files)) if all(files) else None
+        print(plan.describe(load), flush=True)
+        return EdgeBroker(data_dir, port=port, max_queued_messages=plan.max_queued_messages,
+                          bridge=bridge_section(args.site, args.centre, tls, plan, settings.topic_prefix))
+    if not all(files):
+        raise UsageError("--role centre needs --cafile (the group CA), --certfile and --keyfile (the centre's "
+                         "certificate) for the sites' TLS listener")
+    host, _, listen_port = args.site_listener.rpartition(":")
+    listener = SiteListener(host or "0.0.0.0", int(listen_port or 8883), Path(args.cafile).resolve(),
+                            Path(args.certfile).resolve(), Path(args.keyfile).resolve(), data_dir / "centre.acl")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return CentreBroker(data_dir, port=port, site_listener=listener, catalog=catalog, prefix=settings.topic_prefix)
+
+
+def add_role_arguments(up: argparse.ArgumentParser) -> None:
+    from smartmine.cli import parse_duration
+
+    up.add_argument("--role", choices=ROLES, default="all", help="all: the whole pipeline on this machine (default); "
+                    "edge: one site with its bridge to the centre; centre: the group centre (docs/multisite.md)")
+    up.add_argument("--site", help="--role edge: the catalog site this edge runs")
+    up.add_argument("--centre", metavar="URL", help="--role edge: the centre's site listener, mqtts://host:8883")
+    up.add_argument("--outage", type=parse_duration, default=86_400.0, metavar="D",
+                    help="--role edge: the uplink outage the bridge queue rides out (default 24h)")
+    up.add_argument("--workers", type=int, default=2, help="--role centre: ingest workers (default 2)")
+    up.add_argument("--site-listener", default="0.0.0.0:8883", metavar="HOST:PORT",
+                    help="--role centre: where the sites' bridges connect (TLS, default 0.0.0.0:8883)")
+    up.add_argument("--cafile", help="the group CA certificate (edge: verifies the centre; centre: the sites)")
+    up.add_argument("--certfile", help="this host's certificate (edge: CN bridge_<site>; centre: its server name)")
+    up.add_argument("--keyfile", help="its private key")
+
+
 def command_available(command: Sequence[str]) -> bool:
     """Whether ``smartmine <command...>`` exists in this installation (a stage may not be built yet)."""
     from smartmine.cli import build_parser
@@ -169,7 +260,7 @@ class Stack:
             self.external["mosquitto"] = self.settings.mqtt.masked()
             self._check_external_broker()
         else:
-            broker = Mosquitto(self.data_dir / "mosquitto", port=mqtt_port)
+            broker = role_broker(self.args, self.settings, self.data_dir / "mosquitto", mqtt_port)
             self._start_child(ServiceChild("mosquitto", restart_limit=stack_cfg.restart_limit, service=broker))
             updates["mqtt_url"] = broker.url
         if influx_external:
@@ -237,7 +328,7 @@ class Stack:
 
     def start_stages(self) -> None:
         cfg = self.settings.stack
-        specs = pipeline_stages(self.args.scenario or cfg.scenario, self.args.speed or cfg.speed)
+        specs = role_stages(self.args, self.args.scenario or cfg.scenario, self.args.speed or cfg.speed)
         env = self.child_env()
         for spec in specs:
             if not command_available(spec.command):
@@ -540,6 +631,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--headless", action="store_true", help="log lines instead of the live screen (scripts, CI); "
                                                             "automatic when stdout is not a terminal")
     up.add_argument("--interval", type=float, help="seconds between headless status lines (default 5)")
+    add_role_arguments(up)
     up.set_defaults(func=_up)
 
     down = sub.add_parser("down", help="stop a running `smartmine up` and everything it started")
