@@ -214,7 +214,7 @@ def bridge_user(site: str) -> str:
     return f"bridge_{site}"
 
 
-def centre_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
+def centre_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX, ingest_workers: int = 2) -> str:
     """The centre broker's ACL for the sites' listener: :func:`broker_acl` plus one bridge user per site.
 
     A site's bridge may publish that site's telemetry and status, its own events and alerts under
@@ -222,7 +222,9 @@ def centre_acl(catalog: Catalog, prefix: str = DEFAULT_PREFIX) -> str:
     services publish.
     """
     p = check_prefix(prefix)
-    lines = [broker_acl(catalog, prefix).rstrip("\n")]
+    # The centre runs several ingest workers on one shared subscription, each with its own login (client id =
+    # login: two workers sharing one would take each other's session over).
+    lines = [broker_acl(catalog, prefix, ingest_workers).rstrip("\n")]
     for site in catalog.site_ids():
         lines += [
             "",
