@@ -48,6 +48,16 @@ class IngestMetrics:
         self.lag = Gauge(f"{_NS}_lag_seconds",
                          "Age of the oldest sample of the last batch when it became durable", registry=r)
         self.connected = Gauge(f"{_NS}_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.sessions_lost = Counter(f"{_NS}_mqtt_sessions_lost",
+                                     "Reconnects on which the broker had lost the persistent session "
+                                     "(messages published meanwhile may be lost)", registry=r)
+        self.spool_quarantined = Counter(f"{_NS}_spool_quarantined_segments",
+                                         "Unreadable spool segments moved aside to the spool's quarantine folder",
+                                         registry=r)
+        self.config_error = Gauge(f"{_NS}_influxdb_config_error",
+                                  "1 while InfluxDB refuses writes because of a setting (credentials, "
+                                  "retention policy)", registry=r)
+        self.writer_alive = Gauge(f"{_NS}_writer_alive", "1 while the writer thread runs", registry=r)
 
 
 class MetricsServer:

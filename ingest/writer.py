@@ -7,8 +7,10 @@
   safe: a point is identified by series and timestamp, so a second write overwrites the first.
 - A 4xx partial write that does not say which lines (``field type conflict``, ``points beyond retention
   policy``) is bisected until each refused line is isolated; the good halves are written.
-- Any other refusal (authentication, a missing database or retention policy) is not the data's fault:
-  :class:`WriteUnavailable`, so the batch is spooled rather than thrown away.
+- A refusal that only a person can fix (a wrong password or token: 401/403; a retention policy that does
+  not exist) is :class:`WriteRefused`, naming the setting: spooling would only fill the disk for hours.
+- Any other refusal (a missing database...) is not the data's fault: :class:`WriteUnavailable`, so the
+  batch is spooled rather than thrown away.
 """
 
 from __future__ import annotations
@@ -28,6 +30,26 @@ _LINE_LEVEL_MARKERS = ("partial write", "unable to parse")
 
 class WriteUnavailable(RuntimeError):
     """InfluxDB did not take the batch and the data is not at fault: keep it (spool) and try later."""
+
+
+class WriteRefused(WriteUnavailable):
+    """InfluxDB refused the batch because of a setting (credentials, retention policy): a person must act."""
+
+
+def configuration_problem(exc: InfluxError) -> str | None:
+    """What is wrong with the settings when InfluxDB's answer says so, naming the setting; else None."""
+    if exc.status in (401, 403):
+        return (f"InfluxDB refused the credentials ({exc.status}: {exc.body.strip() or exc}); check "
+                "SMARTMINE_INFLUX_TOKEN or SMARTMINE_INFLUX_USER/SMARTMINE_INFLUX_PASSWORD")
+    if "retention policy not found" in exc.body or "retention policy not found" in str(exc):
+        return (f"InfluxDB has no such retention policy ({exc.body.strip() or exc}); check SMARTMINE_INFLUX_RP "
+                "(influx_rp in the settings file)")
+    return None
+
+
+def _unavailable(exc: InfluxError) -> WriteUnavailable:
+    problem = configuration_problem(exc)
+    return WriteRefused(problem) if problem else WriteUnavailable(str(exc))
 
 
 def backoff_delays(initial_s: float, max_s: float, rng: random.Random | None = None) -> Callable[[], float]:
@@ -77,7 +99,7 @@ class BatchWriter:
             named = exc.rejected
         except InfluxError as exc:
             if exc.status != 413:  # too large: halve it like a partial write
-                raise WriteUnavailable(str(exc)) from exc
+                raise _unavailable(exc) from exc
             error, named = exc, {}
         if named:
             refused = [i for i in idx if lines[i] in named]
@@ -88,7 +110,7 @@ class BatchWriter:
                 self._write([i for i in idx if i not in bad], lines, deadline, rejected)
                 return
         if error.status != 413 and not any(m in error.body for m in _LINE_LEVEL_MARKERS):
-            raise WriteUnavailable(str(error)) from error
+            raise _unavailable(error) from error
         if len(idx) == 1:
             rejected.append((idx[0], error.body.strip() or str(error)))
             return
@@ -118,7 +140,7 @@ class BatchWriter:
                         continue
                     except InfluxError as ensure_exc:
                         log.error("InfluxDB database is missing and could not be created: %s", ensure_exc)
-                if not exc.retryable:
+                if not exc.retryable or configuration_problem(exc):
                     raise
                 pause = delay()
                 if time.monotonic() + pause > deadline:

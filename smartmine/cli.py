@@ -177,13 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.bench_args = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from smartmine.errors import USER_ERRORS
+    from smartmine.errors import USER_ERRORS, influx_exit_status
+    from smartmine.influx import InfluxError
 
     try:
         result = args.func(args)
     except USER_ERRORS as exc:
         print(f"smartmine: error: {exc}", file=sys.stderr)
         return 2
+    except InfluxError as exc:  # a service that does not answer: exit 1, so that a supervisor retries
+        print(f"smartmine: error: {exc}", file=sys.stderr)
+        return influx_exit_status(exc)
     except KeyboardInterrupt:
         print("smartmine: interrupted", file=sys.stderr)
         return 130
