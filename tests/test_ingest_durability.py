@@ -25,7 +25,8 @@ from ingest.spool import Spool
 from smartmine.catalog import Catalog, load_catalog
 from smartmine.config import ConfigError, Settings
 from smartmine.influx import InfluxClient, quote_ident
-from smartmine.services import Influxd, Mosquitto
+from smartmine.monitor import IngestMetrics as ScrapedIngest
+from smartmine.services import Influxd, Mosquitto, free_port
 from smartmine.supervisor import StageChild
 
 
@@ -156,7 +157,7 @@ def test_a_retention_policy_that_does_not_exist_is_a_configuration_error(
         _ingest(cfg).check_influx_settings()  # at start: fail fast (the command exits 2)
 
     influx.execute(f"CREATE RETENTION POLICY shift_rp ON {db} DURATION 30d REPLICATION 1")
-    svc = _ingest(cfg)
+    svc = IngestService(cfg, client_id=f"ingest-{settings.topic_prefix}", metrics_port=free_port())
     svc.check_influx_settings()
     svc.start()
     try:
@@ -170,6 +171,10 @@ def test_a_retention_policy_that_does_not_exist_is_a_configuration_error(
         assert details["spool_batches"] == 0, "a settings error is not spooled"
         assert details["unacknowledged"] == len(sent), "the messages stay unacknowledged on the broker"
         assert _counter(svc, "smartmine_ingest_influxdb_config_error") == 1
+        # What smartmine up's monitor shows: /healthz, not just a /metrics that answers.
+        scraped = ScrapedIngest(f"http://127.0.0.1:{svc.metrics_port}/metrics")
+        scraped.scrape(time.time())
+        assert "configuration error" in scraped.unhealthy and "SMARTMINE_INFLUX_RP" in scraped.unhealthy
         influx.execute(f"CREATE RETENTION POLICY shift_rp ON {db} DURATION 30d REPLICATION 1")
         wait_until(lambda: _count_in(influx, "shift_rp") >= len(sent), 60, "the samples written")
         wait_until(lambda: svc.health()[0], 10, "healthy again")
@@ -204,8 +209,6 @@ def test_a_wrong_influxdb_password_stops_ingest_with_exit_2_and_up_does_not_rest
 
 
 def test_an_unreachable_influxdb_is_retried_by_the_supervisor_not_given_up(tmp_path: Path) -> None:
-    from smartmine.services import free_port
-
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SMARTMINE_")}
     env["SMARTMINE_INFLUX_URL"] = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     child = StageChild("export", argv=[sys.executable, "-m", "smartmine.cli", "export", "--from", "now-1h",
