@@ -5,8 +5,11 @@
 - A 4xx that names the lines it refused (``unable to parse '<line>': <reason>``) is split: those lines
   are returned as rejected with the server's reason, the others are written again. Writing them again is
   safe: a point is identified by series and timestamp, so a second write overwrites the first.
-- A 4xx partial write that does not say which lines (``field type conflict``, ``points beyond retention
-  policy``) is bisected until each refused line is isolated; the good halves are written.
+- A 1.x partial write for a field type conflict (``input field "f" on measurement "m" is type float,
+  already exists as type integer dropped=N``) has stored the other lines: the N refused ones are found by
+  that measurement, field and type, one request in all. Otherwise a 4xx partial write that does not say
+  which lines (several conflicts, ``points beyond retention policy``) is halved until each refused line is
+  isolated; the good halves are written (a conflict costs O(log n) requests, not one per line).
 - A refusal that only a person can fix (a wrong password or token: 401/403; a retention policy that does
   not exist) is :class:`WriteRefused`, naming the setting: spooling would only fill the disk for hours.
 - Any other refusal (a missing database...) is not the data's fault: :class:`WriteUnavailable`, so the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -25,7 +29,39 @@ from smartmine.influx import InfluxClient, InfluxError, PartialWriteError
 log = logging.getLogger(__name__)
 
 # How a 1.x server words a refusal that is about some lines of the batch, not about the request.
-_LINE_LEVEL_MARKERS = ("partial write", "unable to parse")
+_LINE_LEVEL_MARKERS = ("partial write", "unable to parse", "field type conflict", "beyond retention policy")
+
+
+# InfluxDB 1.x's wording of a field type conflict in a partial write, and the count of lines it dropped.
+_FIELD_CONFLICT = re.compile(r'input field "((?:[^"\\]|\\.)*)" on measurement "((?:[^"\\]|\\.)*)" is type (\w+)')
+_DROPPED = re.compile(r"dropped=(\d+)")
+_MEASUREMENT = re.compile(r"(?:[^,\s\\]|\\.)+")
+
+
+def _field_type(line: str, measurement: str, field: str) -> str | None:
+    """The InfluxDB type of ``field`` in a line of ``measurement`` (integer, float, boolean, string), else None."""
+    m = _MEASUREMENT.match(line)
+    if m is None or m.group(0) != measurement:
+        return None
+    v = re.search(r"[ ,]" + re.escape(field) + r'=("|[tTfF]|-?[0-9.eE+-]+i\b|-?[0-9.eE+-]+u\b|-?[0-9.eE+-]+)', line)
+    if v is None:
+        return None
+    token = v.group(1)
+    if token == '"':
+        return "string"
+    if token in "tTfF":
+        return "boolean"
+    return "integer" if token.endswith("i") else "unsigned" if token.endswith("u") else "float"
+
+
+def _conflicting_lines(error: InfluxError, idx: list[int], lines: Sequence[str]) -> list[int] | None:
+    """The lines a 1.x field-type-conflict partial write dropped, when its message tells them apart; else None."""
+    conflict, dropped = _FIELD_CONFLICT.search(error.body), _DROPPED.search(error.body)
+    if conflict is None or dropped is None or "partial write" not in error.body:
+        return None
+    field, measurement, kind = conflict.group(1), conflict.group(2), conflict.group(3)
+    refused = [i for i in idx if _field_type(lines[i], measurement, field) == kind]
+    return refused if refused and len(refused) == int(dropped.group(1)) else None
 
 
 class WriteUnavailable(RuntimeError):
@@ -111,6 +147,10 @@ class BatchWriter:
                 return
         if error.status != 413 and not any(m in error.body for m in _LINE_LEVEL_MARKERS):
             raise _unavailable(error) from error
+        found = _conflicting_lines(error, idx, lines)
+        if found is not None:  # the others are stored already: nothing to write again
+            rejected.extend((i, error.body.strip()) for i in found)
+            return
         if len(idx) == 1:
             rejected.append((idx[0], error.body.strip() or str(error)))
             return

@@ -238,3 +238,19 @@ def test_a_lost_mqtt_session_is_reported(settings: Settings, mosquitto_factory: 
         svc.stop()
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "lost ingest's session" in r.getMessage()]
     assert warnings and "may be lost" in warnings[0].getMessage()
+
+
+def test_a_field_type_conflict_costs_a_few_requests_not_one_per_line(influx: InfluxClient) -> None:
+    from ingest.writer import BatchWriter
+
+    requests: list[str] = []
+    writer = BatchWriter(influx, retry_initial_s=0.05, retry_max_s=0.2,
+                         observe=lambda seconds, points, outcome: requests.append(outcome))
+    influx.write_lines([f"belt,equipment=b0 speed=1i {_T0_NS - 10**9}"])  # speed is an integer field
+    lines = [f"belt,equipment=b{i % 50} speed={'1.5' if i % 8 == 0 else f'{i}i'} {_T0_NS + i}" for i in range(4000)]
+    rejected = writer.write(lines, time.monotonic() + 30)
+    assert [i for i, _ in rejected] == list(range(0, 4000, 8)), "exactly the conflicting lines are refused"
+    assert all("field type conflict" in reason for _, reason in rejected), "with InfluxDB's reason"
+    stored = influx.query("SELECT count(speed) FROM belt")[0]["series"][0]["values"][0][1]
+    assert stored == 3500 + 1, "every good line stored"
+    assert len(requests) <= 24, f"{len(requests)} requests for one conflict in a 4,000-line batch"
