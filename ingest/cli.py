@@ -14,8 +14,7 @@ def _ingest(args: argparse.Namespace) -> int:
                                    ("metrics_port", args.metrics_port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(update=overrides)})
-    IngestService(settings).run()
-    return 0
+    return IngestService(settings).run()
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -69,6 +69,16 @@ class IngestMetrics:
         self.dead_letter_failures = Counter(f"{_NS}_dead_letter_write_failures",
                                             "Dead-letter or gap files that could not be written (full disk...)",
                                             registry=r)
+        self.sessions_lost = Counter(f"{_NS}_mqtt_sessions_lost",
+                                     "Reconnects on which the broker had lost the persistent session "
+                                     "(messages published meanwhile may be lost)", registry=r)
+        self.spool_quarantined = Counter(f"{_NS}_spool_quarantined_segments",
+                                         "Unreadable spool segments moved aside to the spool's quarantine folder",
+                                         registry=r)
+        self.config_error = Gauge(f"{_NS}_influxdb_config_error",
+                                  "1 while InfluxDB refuses writes because of a setting (credentials, "
+                                  "retention policy)", registry=r)
+        self.writer_alive = Gauge(f"{_NS}_writer_alive", "1 while the writer thread runs", registry=r)
 
 
 class MetricsServer:

@@ -43,10 +43,10 @@ from ingest.mqtt_client import LeanPublishClient
 from ingest.sequence import SequenceTracker
 from ingest.spool import Spool, SpoolFull
 from ingest.validate import REJECTED_BY_INFLUXDB, TOO_LARGE_KEPT_BYTES, Validator
-from ingest.writer import BatchWriter, WriteUnavailable, backoff_delays
+from ingest.writer import BatchWriter, WriteRefused, WriteUnavailable, backoff_delays, configuration_problem
 from smartmine.catalog import Catalog, load_catalog
-from smartmine.config import Settings
-from smartmine.influx import InfluxClient, InfluxError
+from smartmine.config import ConfigError, Settings
+from smartmine.influx import InfluxClient, InfluxError, quote_ident
 from smartmine.mqtt import make_client
 from smartmine.schema import ensure_database
 from smartmine.wire import subscription
@@ -54,6 +54,10 @@ from smartmine.wire import subscription
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 30.0
+# While InfluxDB refuses writes because of a setting, retry this seldom and repeat the ERROR this often.
+CONFIG_RETRY_S = 30.0
+# Exit status when the writer thread died: not 2 (a usage error), so a supervisor restarts ingest.
+WRITER_DIED_EXIT = 1
 
 
 def deadletter_topic(settings: Settings) -> str:
@@ -132,7 +136,8 @@ class IngestService:
         self._influx = InfluxClient.from_settings(settings, timeout_s=cfg.write_timeout_s)
         self._writer = BatchWriter(self._influx, retry_initial_s=cfg.retry_initial_s, retry_max_s=cfg.retry_max_s,
                                    observe=self._observe_write, ensure_database=self._ensure_database)
-        self._spool = Spool(spool_dir(settings, self.client_id), cfg.spool_max_mb * 1_000_000)
+        self._spool = Spool(spool_dir(settings, self.client_id), int(cfg.spool_max_mb * 1_000_000),
+                            on_quarantine=self._on_quarantine)
         client = make_client(settings.mqtt, self.client_id, ca_file=settings.mqtt_ca_file, manual_ack=True,
                              client_class=LeanPublishClient)
         assert isinstance(client, LeanPublishClient)
@@ -183,6 +188,10 @@ class IngestService:
         self._influx_backoff = backoff_delays(cfg.retry_initial_s, cfg.retry_max_s)
         self._spool_full: str | None = None
         self._spool_full_logged = 0.0
+        self._config_error: str | None = None
+        self._config_error_logged = 0.0
+        self._writer_failure: str | None = None
+        self._ever_connected = False
         self._writer_thread = threading.Thread(target=self._write_loop, name=f"ingest-writer-{self.client_id}",
                                                daemon=True)
         self._metrics_server: MetricsServer | None = None
@@ -192,6 +201,8 @@ class IngestService:
         self.metrics.unacked.set_function(lambda: self._received - self._settled)
         self.metrics.spool_batches.set_function(lambda: self._spool.depth)
         self.metrics.spool_bytes.set_function(lambda: self._spool.size_bytes)
+        self.metrics.config_error.set_function(lambda: 1 if self._config_error else 0)
+        self.metrics.writer_alive.set_function(lambda: 1 if self._writer_thread.is_alive() else 0)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -241,8 +252,28 @@ class IngestService:
             log.warning("ingest %s saw %d sequence gaps, %d messages that never arrived (%s)", self.client_id,
                         self.integrity.gaps_reported, self.integrity.missing_reported, self.integrity.gap_sink.file)
 
-    def run(self, stop_event: threading.Event | None = None) -> None:
-        """Run until SIGTERM/SIGINT (or ``stop_event``), then flush and exit."""
+    def check_influx_settings(self) -> None:
+        """Fail fast on settings InfluxDB refuses (credentials, retention policy): :class:`ConfigError`.
+
+        An InfluxDB that does not answer is not a settings error: ingest starts and spools until it is back.
+        """
+        rp = self.settings.influx_rp
+        try:
+            results = self._influx.query(f"SHOW RETENTION POLICIES ON {quote_ident(self.settings.influx_db)}")
+        except InfluxError as exc:
+            problem = configuration_problem(exc)
+            if problem:
+                raise ConfigError(problem) from None
+            return  # unreachable, or the database is not made yet (ingest makes it): checked on the first write
+        names = {row[0] for r in results for series in r.get("series", []) for row in series.get("values", [])}
+        if rp and names and rp not in names:
+            raise ConfigError(f"InfluxDB database {self.settings.influx_db!r} has no retention policy {rp!r} "
+                              f"(it has {', '.join(sorted(names))}); check SMARTMINE_INFLUX_RP")
+
+    def run(self, stop_event: threading.Event | None = None) -> int:
+        """Run until SIGTERM/SIGINT (or ``stop_event``), then flush. Returns the exit status: 0, or
+        :data:`WRITER_DIED_EXIT` when the writer thread died (so that a supervisor restarts ingest)."""
+        self.check_influx_settings()
         stop = stop_event or threading.Event()
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -253,12 +284,17 @@ class IngestService:
         self.start()
         last = time.monotonic()
         while not stop.wait(1.0):
+            if self._writer_failure is not None:
+                log.critical("ingest stops because its writer died (%s); unacknowledged messages stay on the "
+                             "broker and are redelivered to the restarted ingest", self._writer_failure)
+                break
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
                 t = self.totals
                 log.info("ingest: %d messages, %d points written, %d dead letters, spool %d batches, %d unacked",
                          t.messages, t.points, t.dead_letters, self._spool.depth, self._received - self._settled)
         self.stop()
+        return WRITER_DIED_EXIT if self._writer_failure is not None else 0
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         problems = []
@@ -268,14 +304,20 @@ class IngestService:
             problems.append("not subscribed to the telemetry topics")
         if self._spool_full:
             problems.append(self._spool_full)
-        if not self._writer_thread.is_alive() and not self._stopping:
+        if self._config_error:
+            problems.append("configuration error: " + self._config_error)
+        if self._writer_failure is not None:
+            problems.append("writer thread died: " + self._writer_failure)
+        elif not self._writer_thread.is_alive() and not self._stopping:
             problems.append("writer thread died")
         if self._dead_failure:
             problems.append(self._dead_failure)
+        influxdb = ("configuration error: " + self._config_error if self._config_error
+                    else "unreachable: " + self._influx_error if self._influx_error else "ok")
         details = {
             "mqtt_connected": self._connected,
             "subscribed": self._subscribed,
-            "influxdb": "unreachable: " + self._influx_error if self._influx_error else "ok",
+            "influxdb": influxdb,
             "spool_batches": self._spool.depth,
             "unacknowledged": self._received - self._settled,
         }
@@ -293,8 +335,18 @@ class IngestService:
             self._connected = True
         self.metrics.connected.set(1)
         topic = telemetry_subscription(self.settings)
-        log.info("connected to %s as %s (session %s); subscribing to %s", self.settings.mqtt.masked(),
-                 self.client_id, "resumed" if flags.session_present else "new", topic)
+        if self._ever_connected and not flags.session_present:
+            # We asked to resume (clean_start off) and had a session: the broker lost it (restarted without
+            # its persistence, or the session expired). What was queued for it, and what was published while
+            # no subscription existed, is gone; the sequence-gap report names which samples.
+            self.metrics.sessions_lost.inc()
+            log.warning("connected to %s as %s, but the broker had lost ingest's session: messages published "
+                        "meanwhile may be lost; subscribing to %s again", self.settings.mqtt.masked(),
+                        self.client_id, topic)
+        else:
+            log.info("connected to %s as %s (session %s); subscribing to %s", self.settings.mqtt.masked(),
+                     self.client_id, "resumed" if flags.session_present else "new", topic)
+        self._ever_connected = True
         client.subscribe(topic, qos=1)
         # The broker's count of messages it dropped (a full queue): a second subscription, so that a broker or
         # ACL that refuses $SYS does not stop the telemetry one.
@@ -381,6 +433,14 @@ class IngestService:
 
     # ------------------------------------------------------------------ writer thread
     def _write_loop(self) -> None:
+        """The writer thread. No exception ends it silently: /healthz fails and :meth:`run` exits non-zero."""
+        try:
+            self._write_loop_inner()
+        except BaseException as exc:
+            self._writer_failure = f"{type(exc).__name__}: {exc}"
+            log.critical("the ingest writer died; nothing more is written or acknowledged", exc_info=True)
+
+    def _write_loop_inner(self) -> None:
         interval = self.cfg.flush_interval_s
         self._ensure_database_at_start()
         while True:
@@ -404,7 +464,11 @@ class IngestService:
                 if stopping:
                     self._abandon_pending()
                     return
-                time.sleep(min(1.0, max(0.05, self._influx_retry_at - time.monotonic())))
+                # Blocked (spool full, or InfluxDB refuses): drain the spool meanwhile, since it may be what
+                # holds the way. Meanwhile the in-flight window stays full, so the network thread takes no
+                # more from the broker: the backlog waits there, unacknowledged (back-pressure).
+                if not self._drain_one():
+                    time.sleep(min(1.0, max(0.05, self._influx_retry_at - time.monotonic())))
                 continue
             self._drain_one()
 
@@ -460,6 +524,8 @@ class IngestService:
             b.letters_done = True
         if not b.lines:
             return True
+        if self._config_error is not None and time.monotonic() < self._influx_retry_at:
+            return False  # not spooled: it would fill the disk with what only a settings change can write
         writing, b.write = b.write, None
         if writing is not None or (not self._spool and time.monotonic() >= self._influx_retry_at):
             try:
@@ -469,6 +535,9 @@ class IngestService:
                     if not self._db_ready:
                         self._ensure_database()
                     rejected = self._writer.write(b.lines, time.monotonic() + self.cfg.spool_after_s)
+            except WriteRefused as exc:
+                self._influx_refuses(exc)
+                return False
             except (WriteUnavailable, InfluxError) as exc:
                 self._influx_down(exc)
             else:
@@ -491,22 +560,25 @@ class IngestService:
         self.totals.spooled += 1
         return True
 
-    def _drain_one(self) -> None:
-        """Replay the oldest spool segment, if InfluxDB is (believed) back."""
+    def _drain_one(self) -> bool:
+        """Replay the oldest spool segment, if InfluxDB is (believed) back. True when one was written."""
         if not self._drain_due():
-            return
+            return False
         segment = self._spool.oldest()
         if segment is None:
-            return
+            return False
         number, data = segment
         lines = data.decode().split("\n")
         try:
             if not self._db_ready:
                 self._ensure_database()
             rejected = self._writer.write(lines, time.monotonic())  # one attempt; backoff happens here
+        except WriteRefused as exc:
+            self._influx_refuses(exc)
+            return False
         except (WriteUnavailable, InfluxError) as exc:
             self._influx_down(exc)
-            return
+            return False
         # The spool keeps line protocol only, so a line refused now is dead-lettered as that line.
         self._written(len(lines), float("inf"), [
             DeadLetter(REJECTED_BY_INFLUXDB, reason, "", lines[i].encode(), lines[i], time.time())
@@ -515,6 +587,7 @@ class IngestService:
         self._influx_up()
         if not self._spool:
             log.info("spool replayed; writing directly again")
+        return True
 
     def _written(self, points: int, oldest_sample: float, rejected: list[DeadLetter]) -> None:
         self._dead_letter(rejected)
@@ -578,7 +651,24 @@ class IngestService:
         if first:
             log.warning("InfluxDB unavailable (%s); spooling to %s until it is back", exc, self._spool.directory)
 
+    def _influx_refuses(self, exc: WriteRefused) -> None:
+        """A settings error: keep the messages unacknowledged on the broker, say so loudly, retry seldom."""
+        self._config_error = str(exc)
+        self._influx_retry_at = time.monotonic() + CONFIG_RETRY_S
+        if time.monotonic() - self._config_error_logged >= CONFIG_RETRY_S:
+            self._config_error_logged = time.monotonic()
+            log.error("configuration error: %s; not spooling, %d messages stay unacknowledged on the broker; "
+                      "retrying every %.0f s", exc, self._received - self._settled, CONFIG_RETRY_S)
+
+    def _on_quarantine(self, path: Path, reason: str) -> None:
+        self.metrics.spool_quarantined.inc()
+        log.error("spool segment %s cannot be read (%s); moved aside, its points are not replayed, the rest "
+                  "of the spool drains", path, reason)
+
     def _influx_up(self) -> None:
+        if self._config_error is not None:
+            log.info("InfluxDB accepts writes again; the configuration error is resolved")
+            self._config_error = None
         if self._influx_error is not None:
             log.info("InfluxDB is back")
         self._influx_error = None

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from replay.format import BadRegion, Chunk, ChunkInfo, RecordingError, RecordingReader, is_recording
 from replay.lines import classify
+from smartmine.errors import UsageError
 from smartmine.schema import ts_ns
 
 CHUNK_MESSAGES = 10_000
@@ -190,7 +191,7 @@ def open_source(path: Path | str, *, skip_bad: bool = False) -> Source:
     """A recording or a JSON Lines file (plain or gzip), told apart by their first bytes."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file")
+        raise UsageError(f"{p}: no such file")  # a file named on the command line: exit 2
     if is_recording(p):
         return RecordingSource(p, skip_bad)
     with p.open("rb") as fh:

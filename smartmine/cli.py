@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for handler in logging.getLogger().handlers:  # no log line shows a URL's password or token
         handler.addFilter(RedactUrlsFilter())
-    from smartmine.errors import USER_ERRORS
+    from smartmine.errors import USER_ERRORS, influx_exit_status
+    from smartmine.influx import InfluxError
 
     user_errors: tuple[type[BaseException], ...] = (*USER_ERRORS, timespec.TimeSpecError)
     try:
@@ -175,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors as exc:
         print(f"smartmine: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
+    except InfluxError as exc:  # a service that does not answer: exit 1, so that a supervisor retries
+        print(f"smartmine: error: {redact_text(str(exc))}", file=sys.stderr)
+        return influx_exit_status(exc)
     except KeyboardInterrupt:
         print("smartmine: interrupted", file=sys.stderr)
         return 130

@@ -156,7 +156,8 @@ class IngestSettings(BaseModel):
     retry_max_s: float = Field(default=10.0, gt=0, description="Longest retry delay")
     spool_after_s: float = Field(default=5.0, ge=0, description="Retry a write this long before spooling it")
     spool_dir: Path | None = Field(default=None, description="On-disk spool (default: <data_dir>/spool)")
-    spool_max_mb: int = Field(default=1024, ge=1)
+    spool_max_mb: float = Field(default=1024, gt=0, description="Spool size limit; when full, ingest "
+                                "stops taking messages and the broker keeps them")
     deadletter_file: Path | None = Field(default=None, description="Default: <data_dir>/deadletter.jsonl")
     deadletter_topic: str | None = Field(default=None, description="Default: <prefix>/deadletter/ingest")
     deadletter_max_mb: int = Field(default=64, ge=1, description="The dead-letter file rotates at this size "

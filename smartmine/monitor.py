@@ -1,6 +1,7 @@
 """What ``smartmine up`` shows: the pipeline seen from outside, as a dispatcher would watch it.
 
-The monitor is an ordinary MQTT client of the broker plus a scraper of ingest's Prometheus metrics.
+The monitor is an ordinary MQTT client of the broker plus a scraper of ingest's Prometheus metrics; ingest's
+health is what its ``/healthz`` says (a process whose ``/metrics`` answers may still have a dead writer).
 It counts the telemetry the simulators publish (rate, and lag = arrival time minus sample time), keeps
 the retained ``alert`` topic (the active alerts with their severity), follows the ``event`` channel
 (the latest anomalies with their explanations), and turns ingest's counters into rates. It reads only
@@ -132,9 +133,29 @@ class IngestMetrics:
     points_written: CounterRate = field(default_factory=CounterRate)
     values: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    unhealthy: str = ""  # what ingest's /healthz reports wrong, empty while it answers 200
+
+    @property
+    def health_url(self) -> str:
+        return self.url.rsplit("/", 1)[0] + "/healthz"
+
+    def check_health(self, timeout_s: float = 1.0) -> None:
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=timeout_s):
+                self.unhealthy = ""
+        except urllib.error.HTTPError as exc:  # 503 with the reasons in its JSON body
+            try:
+                problems = json.loads(exc.read()).get("problems") or [f"HTTP {exc.code}"]
+            except (ValueError, AttributeError, OSError):
+                problems = [f"HTTP {exc.code}"]
+            self.unhealthy = "; ".join(str(p) for p in problems)
+        except (urllib.error.URLError, OSError) as exc:
+            self.unhealthy = f"/healthz unreachable ({getattr(exc, 'reason', exc)})"
 
     def scrape(self, now: float, timeout_s: float = 1.0) -> None:
         from prometheus_client.parser import text_string_to_metric_families
+
+        self.check_health(timeout_s)
 
         try:
             with urllib.request.urlopen(self.url, timeout=timeout_s) as resp:
@@ -317,7 +338,7 @@ class PipelineMonitor:
         v = self._ingest.values
         if not v:
             return StageFigures(detail="no smartmine_ingest_* metrics yet")
-        parts = []
+        parts = [f"UNHEALTHY: {self._ingest.unhealthy}"] if self._ingest.unhealthy else []
         if "dead_letters" in v:
             parts.append(f"{v['dead_letters']:.0f} dead letters")
         if "spool_bytes" in v:
