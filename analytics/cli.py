@@ -103,7 +103,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     for row in per_file:
         print(f"  {row['series']:60s} windows {row['windows']:2d} found {row['windows_found']:2d} "
-              f"episodes {row['episodes']:4d}")
+              f"episodes {row['episodes']:4d}"
+              + (f"  NAB standard: TP {row['nab_tp']} FP rows {row['nab_fp']} FN {row['nab_fn']}"
+                 if "nab_tp" in row else ""))
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         print(f"{key:>{width}}: {value}")
