@@ -224,7 +224,7 @@ class AnalyticsSettings(BaseModel):
                                        "detectors: expected false pages per equipment per day, shared by all its "
                                        "sensors and detectors (analytics/evidence.py, docs/analytics.md); limit "
                                        "rules are outside it")
-    file_false_share: float = Field(default=0.001, gt=0, lt=1, description="score-file's budget: the share of "
+    file_false_share: float = Field(default=0.003, gt=0, lt=1, description="score-file's budget: the share of "
                                     "normal rows whose combined evidence may reach is_anomaly")
     combine_method: Literal["cauchy", "sidak", "bonferroni"] = Field(
         default="cauchy", description="How an equipment's (a file's) detectors' p-values become one")
