@@ -315,18 +315,6 @@ def tail_pvalues(stat: FloatArray, reference: FloatArray) -> FloatArray:
     return np.where(np.isfinite(s), p, 1.0)
 
 
-def sidak_min(p: FloatArray) -> FloatArray:
-    """Combine per-row p-values (rows x statistics) by the smallest, Šidák-corrected for their number."""
-    p = np.asarray(p, dtype=np.float64)
-    return -np.expm1(p.shape[1] * np.log1p(-np.clip(p.min(axis=1), 0.0, 1.0 - 1e-16)))
-
-
-def score_of_pvalue(p: FloatArray, budget: float) -> FloatArray:
-    """0..1, monotone in the evidence, 0.5 exactly where the p-value meets the budget."""
-    evidence = -np.log10(np.clip(p, 1e-300, 1.0))
-    return evidence / (evidence - math.log10(budget))
-
-
 @dataclass
 class ProcessModel:
     """What :class:`ProcessMonitor` learned from the reference."""
@@ -444,8 +432,10 @@ class ProcessMonitor:
         contributing most to it)."""
         stats = self.statistics(rows, before)
         p = self.pvalues(stats)
-        combined = sidak_min(p)
-        score = score_of_pvalue(combined, self.cfg.budget)
+        from analytics.evidence import combine_pvalues, score_from_pvalue
+
+        combined = combine_pvalues(p, "sidak")
+        score = score_from_pvalue(combined, self.cfg.budget)
         flagged = combined <= self.cfg.budget
         which = p.argmin(axis=1)
         names = np.asarray(self.columns, dtype=object)

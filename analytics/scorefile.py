@@ -203,7 +203,11 @@ def news_pvalues(stat: FloatArray, cfg: FileScoring = FILE_DEFAULTS) -> FloatArr
 
 
 def score_frame(times: pd.Series, signals: pd.DataFrame, cfg: FileScoring = FILE_DEFAULTS) -> pd.DataFrame:
-    """Per row the combined evidence of every detector of every column (the file's one budget)."""
+    """Per row the combined evidence of every detector of every column (the file's one budget); several
+    columns: the process monitor (dynamic PCA, calibrated on the file's first rows), see
+    :func:`score_process`."""
+    if signals.shape[1] >= 2 and cfg.pca:
+        return score_process(times, signals)
     ts = time_ns(times)
     n = len(signals)
     pvalues: list[FloatArray] = []
@@ -213,12 +217,6 @@ def score_frame(times: pd.Series, signals: pd.DataFrame, cfg: FileScoring = FILE
         for d in dets:
             pvalues.append(news_pvalues(statistic_of(d, d.run(ts, x)), cfg))
             rules.append(d.rule)
-    if cfg.pca and signals.shape[1] >= 2:
-        from analytics.multivariate import PcaMonitor
-
-        pca = PcaMonitor(list(signals.columns), window=max(cfg.window, 4 * signals.shape[1]), hop=cfg.window)
-        pvalues.append(news_pvalues(statistic_of(pca, pca.run(ts, signals.to_numpy(dtype=np.float64))), cfg))
-        rules.append(pca.rule)
     p = np.column_stack(pvalues) if pvalues else np.ones((n, 1))
     best = score_from_pvalue(combine_pvalues(p, cfg.combine_method), cfg.false_share)
     strongest = np.argmin(np.where(np.isnan(p), np.inf, p), axis=1)
@@ -237,6 +235,33 @@ def score_frame(times: pd.Series, signals: pd.DataFrame, cfg: FileScoring = FILE
         "anomaly_score": best,
         "is_anomaly": is_anomaly,
         "detector": np.where(is_anomaly == 1, best_name, ""),
+    })
+
+
+def score_process(times: pd.Series, signals: pd.DataFrame) -> pd.DataFrame:
+    """Several signals: :class:`~analytics.multivariate.ProcessMonitor` learned on the file's first
+    ``reference_rows`` rows (at most half the file; a missing value carries the column's last reading
+    forward), which are its warm-up (score 0); every later row scored causally against it. Its
+    per-signal shift statistic is the per-signal detector inside the same budget."""
+    from analytics.multivariate import PROCESS_DEFAULTS, ProcessMonitor
+
+    n = len(signals)
+    x = signals.ffill().bfill().to_numpy(dtype=np.float64)
+    ref_rows = min(PROCESS_DEFAULTS.reference_rows, n // 2)
+    score = np.zeros(n)
+    flagged = np.zeros(n, dtype=bool)
+    names = np.full(n, "", dtype=object)
+    if np.isfinite(x).all() and ref_rows >= 4 * (PROCESS_DEFAULTS.lags + 2):
+        monitor = ProcessMonitor(list(signals.columns))
+        monitor.fit(x[:ref_rows])
+        _, s, f, drivers = monitor.judge(x[ref_rows:], before=x[:ref_rows])
+        score[ref_rows:], flagged[ref_rows:] = s, f
+        names[ref_rows:] = ["dpca:" + d for d in drivers]
+    return pd.DataFrame({
+        "timestamp": times.to_numpy(),
+        "anomaly_score": score,
+        "is_anomaly": flagged.astype(np.int8),
+        "detector": np.where(flagged, names, ""),
     })
 
 

@@ -196,9 +196,9 @@ def test_score_file_cli_end_to_end(tmp_path: Path) -> None:
     assert result["is_anomaly"].iloc[:900].sum() == 0, "no false alarm before the step"
     score = result["anomaly_score"]
     assert score.iloc[900] == score.max() and score.iloc[900] >= 0.5, "the evidence is highest where it begins"
-    # and not held high through the episode (NAB counts every row): the rows after the first ten are flagged
-    # no more often than the budget's share of rows allows (FileScoring.false_share, 0.1 %) and a little noise
-    assert (score.iloc[910:] >= 0.5).mean() < 0.01
+    # Several signals are a process (the process monitor, judged point-wise as TEP and the rigs are): the
+    # step stays flagged while it lasts. (One signal is scored for news, NAB's way: see the NAB tests.)
+    assert result["is_anomaly"].iloc[900:].mean() > 0.95
 
 
 def test_score_file_is_causal(tmp_path: Path) -> None:

@@ -40,3 +40,25 @@ def test_monitor_learned_on_normal_history_finds_a_feed_ratio_fault_and_stays_qu
     changed[500:] += 10.0
     _, score2, _, _ = monitor.judge(changed, before=reference)
     assert np.array_equal(score[:500], score2[:500])
+
+
+@pytest.mark.skipif(not TEP.is_dir(), reason="shared TEP data not present")
+def test_score_file_on_many_signals_uses_the_process_monitor(tmp_path: Path) -> None:
+    """score-file on d00 followed by a fault file: the first 500 rows are its reference, then it flags
+    what the TEP protocol flags (fault 5: the compensating cooling water valve, xmv_11)."""
+    import pandas as pd
+
+    from analytics.scorefile import score_file
+
+    joined = pd.concat([pd.read_csv(TEP / "d00.csv"), pd.read_csv(TEP / "d05_te.csv")], ignore_index=True)
+    joined["label"] = 0
+    src = tmp_path / "tep5.csv"
+    joined.to_csv(src, index=False)
+    out = score_file(src, tmp_path / "out.csv", "timestamp", exclude=["label"])
+    flags = out["is_anomaly"].to_numpy()
+    assert flags[:500].sum() == 0  # the reference
+    assert flags[500 + FAULT_START:].mean() > 0.95
+    assert flags[500:500 + FAULT_START].mean() < 0.1
+    top = out.loc[out["is_anomaly"] == 1, "detector"].value_counts().index[0]
+    assert top == "dpca:shift:xmv_11"
+    assert out["anomaly_score"].between(0, 1).all()
