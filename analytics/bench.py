@@ -234,5 +234,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from analytics.evaluate import evaluate_nab
 
         summary, _ = evaluate_nab(Path(args.nab))
-        out.update({f"nab_{k}" if not k.startswith("nab_") else k: v for k, v in summary.items()})
+        out.update({k if k.startswith(("nab_", "onset_nab_")) else f"nab_{k}": v for k, v in summary.items()})
     return out

@@ -8,13 +8,12 @@ windows (NAB's ``combined_windows.json``, or the simulators' ground-truth JSON l
 - Point level: FAR = flagged rows outside windows / rows outside windows; MAR = unflagged rows inside
   windows / rows inside windows.
 - Detection delay: from a window's start to its first flagged row.
-- NAB score (Lavin and Ahmad 2015, as described in ../shared/datasets/README.md): an alert is raised
-  once per episode, at its first row. Inside a window only the first alert counts, weighted by the
-  scaled sigmoid of its position (early ~ +1, late ~ 0); an alert outside every window costs the
-  fp weight times the sigmoid of its distance after the previous window (-1 before the first window);
-  a missed window costs the fn weight. Rows in the probationary period (the first 15 % of a file,
-  at most 750 rows) are not scored. The corpus total is normalised so the null detector (no alerts)
-  scores 0 and the perfect one (an alert on every window's first row) 100.
+- NAB's own score (:mod:`analytics.nab`) on the rows' ``anomaly_score``: every row at or above one
+  corpus-wide threshold per profile (optimised over the corpus) is a detection. Reported as ``nab_*``.
+- The project's episode-onset variant of it (``onset_nab_*``, not NAB's number, not comparable with the
+  published table): an alert is raised once per episode of ``is_anomaly``, at its first row, and the
+  alerts are weighted as NAB weighs detections; normalised so no alerts = 0 and an alert on every
+  window's first row = 100.
 """
 
 from __future__ import annotations
@@ -29,25 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analytics.nab import PROFILES, LabelledSeries, probation_rows, scaled_sigmoid, score_corpus
 from smartmine.errors import UsageError
-
-PROFILES: dict[str, dict[str, float]] = {
-    "standard": {"tp": 1.0, "fp": 0.11, "fn": 1.0},
-    "reward_low_fp_rate": {"tp": 1.0, "fp": 0.22, "fn": 1.0},
-    "reward_low_fn_rate": {"tp": 1.0, "fp": 0.11, "fn": 2.0},
-}
-PROBATION_SHARE = 0.15
-
-
-def scaled_sigmoid(position: float) -> float:
-    """NAB's weight of an alert at ``position`` (-1 = window start, 0 = window end, > 0 after it)."""
-    if position > 3.0:
-        return -1.0
-    return 2.0 / (1.0 + math.exp(5.0 * position)) - 1.0
-
-
-def probation_rows(n: int) -> int:
-    return int(min(math.floor(PROBATION_SHARE * n), PROBATION_SHARE * 5000))
 
 
 def onsets(flags: np.ndarray) -> np.ndarray:
@@ -172,7 +154,7 @@ def summarise(scores: Iterable[SeriesScore]) -> dict[str, Any]:
         raw = sum(s.nab_raw[profile] for s in scores)
         null = sum(s.nab_null[profile] for s in scores)
         perfect = sum(s.nab_perfect[profile] for s in scores)
-        out[f"nab_{profile}"] = _r(100.0 * (raw - null) / (perfect - null) if perfect != null else math.nan, 1)
+        out[f"onset_nab_{profile}"] = _r(100.0 * (raw - null) / (perfect - null) if perfect != null else math.nan, 1)
     return out
 
 
@@ -215,25 +197,39 @@ def load_windows(path: Path, key: str | None = None) -> list[tuple[int, int]]:
     raise UsageError(f"{path}: expected NAB windows (an object) or a list of intervals")
 
 
+def nab_figures(series: Sequence[LabelledSeries]) -> dict[str, Any]:
+    """NAB's own corpus score per profile (``nab_<profile>``) and the threshold its optimiser chose."""
+    out: dict[str, Any] = {}
+    for profile, r in score_corpus(series).items():
+        out[f"nab_{profile}"] = _r(r.score, 1)
+        out[f"nab_{profile}_threshold"] = _r(r.threshold, 6)
+    return out
+
+
 def evaluate_scores(scores_csv: Path, labels: Path, series: str | None = None) -> dict[str, Any]:
-    """Score a ``score-file`` output (``timestamp``, ``is_anomaly``) against labels."""
+    """Score a ``score-file`` output (``timestamp``, ``is_anomaly``, ``anomaly_score``) against labels.
+    NAB's figures here have their threshold optimised on this one file."""
     from analytics.scorefile import time_ns
 
     try:
         frame = pd.read_csv(scores_csv)
     except OSError as exc:
         raise UsageError(f"{scores_csv}: {exc.strerror or exc}") from None
-    for col in ("timestamp", "is_anomaly"):
+    for col in ("timestamp", "is_anomaly", "anomaly_score"):
         if col not in frame.columns:
             raise UsageError(f"{scores_csv}: no {col!r} column (is it a score-file output?)")
     ts = time_ns(frame["timestamp"])
-    result = score_series(series or scores_csv.name, ts, frame["is_anomaly"].to_numpy() > 0,
-                          load_windows(labels, series))
-    return summarise([result])
+    name = series or scores_csv.name
+    windows_ns = load_windows(labels, series)
+    result = score_series(name, ts, frame["is_anomaly"].to_numpy() > 0, windows_ns)
+    labelled = LabelledSeries(name, frame["anomaly_score"].to_numpy(dtype=np.float64),
+                              windows_to_rows(ts, windows_ns))
+    return {**nab_figures([labelled]), **summarise([result])}
 
 
 def evaluate_nab(root: Path, progress: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the file scorer on every series of a NAB folder and score it against its windows."""
+    """Run the file scorer on every series of a NAB folder and score it against its windows: NAB's own
+    scorer on ``anomaly_score`` (one threshold per profile for the corpus) and the onset variant."""
     from analytics.scorefile import read_signals, score_frame, time_ns
 
     windows_file = root / "combined_windows.json"
@@ -241,6 +237,7 @@ def evaluate_nab(root: Path, progress: Any = None) -> tuple[dict[str, Any], list
         raise UsageError(f"{root}: not a NAB folder (no combined_windows.json)")
     windows = json.loads(windows_file.read_text(encoding="utf-8"))
     results = []
+    labelled = []
     per_file = []
     for i, (key, wins) in enumerate(sorted(windows.items())):
         path = root / "data" / key
@@ -249,9 +246,16 @@ def evaluate_nab(root: Path, progress: Any = None) -> tuple[dict[str, Any], list
         times, signals = read_signals(path, "timestamp")
         scored = score_frame(times, signals)
         ts = time_ns(times)
-        r = score_series(key, ts, scored["is_anomaly"].to_numpy() > 0, [(_ns(a), _ns(b)) for a, b in wins])
+        windows_ns = [(_ns(a), _ns(b)) for a, b in wins]
+        r = score_series(key, ts, scored["is_anomaly"].to_numpy() > 0, windows_ns)
         results.append(r)
+        labelled.append(LabelledSeries(key, scored["anomaly_score"].to_numpy(dtype=np.float64),
+                                       windows_to_rows(ts, windows_ns)))
         per_file.append({**summarise([r]), "series": key})
         if progress is not None:
             progress(i + 1, len(windows), key)
-    return summarise(results), per_file
+    nab = score_corpus(labelled)
+    for row in per_file:
+        std = nab["standard"].per_file[row["series"]]
+        row.update({"nab_tp": std["tp"], "nab_fp": std["fp"], "nab_fn": std["fn"]})
+    return {**nab_figures(labelled), **summarise(results)}, per_file

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -256,3 +257,201 @@ class RedundantDrift(Detector):
         side = "above" if ev["drift"] > 0 else "below"
         return (f"{self.ctx.where} has drifted {fmt(abs(ev['drift']))} {side} its redundant neighbour "
                 f"{self.neighbour} (allowed {fmt(self.limit)}): one of them drifts, calibrate")
+
+
+# ------------------------------------------------------------------------------ the process monitor
+# Dynamic PCA with calibrated limits, for files of many process signals (score-file, the TEP protocol).
+# Learned once on a reference of normal rows; every statistic is turned into a tail p-value against
+# the same statistic on reference rows the model did not see, and the p-values are combined so that the
+# share of false alarms on normal rows stays at the budget however many statistics there are.
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessMonitoring:
+    """Settings of :class:`ProcessMonitor` (one set for every file; chosen in docs/benchmarks.md)."""
+
+    lags: int = 2  # each row is modelled with the 2 rows before it: the process's own dynamics
+    variance_kept: float = 0.5  # principal components kept (share of the reference's variance)
+    smoothing: float = 0.1  # EWMA weight of the persistent statistics (about 10 rows' memory)
+    folds: int = 5  # reference split into contiguous blocks: each is scored by a model fitted without it
+    budget: float = 0.001  # nominal share of normal rows flagged (the combined p-value threshold)
+    reference_rows: int = 500  # score-file: the first rows of a file are its normal reference
+
+
+PROCESS_DEFAULTS = ProcessMonitoring()
+#: The statistics a row is judged by, in the order of the p-value columns.
+STATISTICS = ("t2", "q", "t2_trend", "q_trend", "shift")
+
+
+def lagged(z: FloatArray, lags: int) -> FloatArray:
+    """Rows ``[z_t, z_t-1, ..., z_t-lags]`` for t = lags .. n-1."""
+    n = len(z)
+    return np.hstack([z[lags - k:n - k] for k in range(lags + 1)])
+
+
+def ewma(x: FloatArray, weight: float, start: float | FloatArray) -> FloatArray:
+    """Exponentially weighted mean along axis 0 from ``start`` (vectorised; causal)."""
+    from scipy.signal import lfilter
+
+    x = np.asarray(x, dtype=np.float64)
+    start_row = np.broadcast_to(np.asarray(start, dtype=np.float64), x.shape[1:])
+    zi = ((1.0 - weight) * start_row)[None, ...]
+    y, _ = lfilter([weight], [1.0, -(1.0 - weight)], x, axis=0, zi=zi)
+    return np.asarray(y)
+
+
+def tail_pvalues(stat: FloatArray, reference: FloatArray) -> FloatArray:
+    """Calibrated upper-tail p-values ``(1 + #{reference >= s}) / (n + 1)``; beyond the largest reference
+    value the tail goes on falling exponentially (fitted on the top tenth of the reference), so that
+    scores keep ranking rows the reference has nothing as extreme as."""
+    ref = np.sort(np.asarray(reference, dtype=np.float64))
+    n = len(ref)
+    s = np.asarray(stat, dtype=np.float64)
+    p = (1.0 + n - np.searchsorted(ref, s, side="left")) / (n + 1.0)
+    top = ref[int(0.9 * n):]
+    scale = max(float(np.mean(top - top[0])), 1e-9)
+    beyond = s > ref[-1]
+    p[beyond] = np.exp(-(s[beyond] - ref[-1]) / scale) / (n + 1.0)
+    return np.where(np.isfinite(s), p, 1.0)
+
+
+@dataclass
+class ProcessModel:
+    """What :class:`ProcessMonitor` learned from the reference."""
+
+    centre: FloatArray
+    scale: FloatArray
+    mean: FloatArray
+    loadings: FloatArray
+    eigenvalues: FloatArray
+    start: FloatArray  # starting value of the smoothed statistics (the reference's typical value)
+    shift_scale: FloatArray  # per signal: spread of its smoothed z on held-out reference rows
+    calibration: FloatArray  # held-out reference statistics (rows x STATISTICS)
+
+
+class ProcessMonitor:
+    """Dynamic PCA T² and Q over many process signals, with calibrated limits and contributions.
+
+    - Robust scaling (median, MAD) learned on the reference; each row is extended by ``lags`` earlier
+      rows, so the model knows the process's dynamics and not only its correlations.
+    - T² (inside the model) and Q (off the model, a broken correlation), each also smoothed by an EWMA
+      of its logarithm (a small fault that persists, or a variance that grows, as in a random variation),
+      and a per-signal shift statistic (the largest smoothed z of any one signal, for a step that control
+      compensates everywhere but in the one manipulated variable that does the compensating).
+    - Calibration: the reference is cut into ``folds`` contiguous blocks; each block is scored by a model
+      fitted on the others, and those held-out statistics are the reference the p-values are taken
+      against (a model scores the rows it was fitted on too well, and the F / chi² limits assume rows
+      that are independent, which process rows are not).
+    - A row's p-value is the smallest of its statistics', Šidák-corrected for their number; the row is
+      flagged when it is at most the ``budget`` share of normal rows.
+    """
+
+    def __init__(self, columns: Sequence[str], cfg: ProcessMonitoring = PROCESS_DEFAULTS) -> None:
+        self.columns = list(columns)
+        self.cfg = cfg
+        self.model: ProcessModel | None = None
+
+    # ------------------------------------------------------------------ learning
+    def _pca(self, z: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        mean = z.mean(axis=0)
+        cov = np.cov(z - mean, rowvar=False)
+        eigval, eigvec = np.linalg.eigh(np.atleast_2d(cov))
+        order = np.argsort(eigval)[::-1]
+        eigval, eigvec = np.maximum(eigval[order], 1e-9), eigvec[:, order]
+        k = int(np.searchsorted(np.cumsum(eigval) / eigval.sum(), self.cfg.variance_kept) + 1)
+        k = max(1, min(k, z.shape[1] - 1)) if z.shape[1] > 1 else 1
+        return mean, eigvec[:, :k], eigval[:k]
+
+    def fit(self, reference: FloatArray) -> ProcessModel:
+        """Learn from normal rows (rows x signals, no missing values)."""
+        ref = np.asarray(reference, dtype=np.float64)
+        lags = self.cfg.lags
+        if len(ref) < max(4 * (lags + 1), self.cfg.folds * (lags + 2)):
+            raise ValueError(f"a reference of {len(ref)} rows is too short for the process monitor")
+        centre = np.median(ref, axis=0)
+        spread = np.median(np.abs(ref - centre), axis=0) * 1.4826
+        sd = ref.std(axis=0)
+        tiny = 1e-9 * np.maximum(np.abs(centre), 1.0)
+        scale = np.where(spread > tiny, spread, np.where(sd > tiny, sd, 1.0))
+        z = (ref - centre) / scale
+        zl = lagged(z, lags)
+        blocks = np.array_split(np.arange(len(zl)), self.cfg.folds)
+        held: list[tuple[FloatArray, FloatArray, FloatArray]] = []
+        for block in blocks:
+            train = np.setdiff1d(np.arange(len(zl)), block)
+            m, p, lam = self._pca(zl[train])
+            t2, q, _ = _t2_q(zl[block], m, p, lam)
+            held.append((np.log(t2), np.log(q), z[block + lags]))
+        mean, loadings, lam = self._pca(zl)
+        log_t2 = np.concatenate([h[0] for h in held])
+        log_q = np.concatenate([h[1] for h in held])
+        start = np.array([np.median(log_t2), np.median(log_q)])
+        w = self.cfg.smoothing
+        smoothed = [ewma(np.column_stack([h[0], h[1]]), w, start) for h in held]
+        z_smooth = np.vstack([ewma(h[2], w, 0.0) for h in held])
+        shift_scale = np.maximum(z_smooth.std(axis=0), 1e-9)
+        calibration = np.column_stack([log_t2, log_q, np.vstack(smoothed),
+                                       np.abs(z_smooth / shift_scale).max(axis=1)])
+        self.model = ProcessModel(centre, scale, mean, loadings, lam, start, shift_scale, calibration)
+        return self.model
+
+    # ------------------------------------------------------------------ scoring
+    def statistics(self, rows: FloatArray, before: FloatArray | None = None) -> dict[str, FloatArray]:
+        """The monitor's statistics on ``rows`` (in order), with ``before`` the rows that preceded them
+        (at least ``lags`` of them: the reference for the first rows after it). Causal: a row's figures
+        depend only on it and the rows before it."""
+        assert self.model is not None, "fit the monitor first"
+        m, lags = self.model, self.cfg.lags
+        x = np.asarray(rows, dtype=np.float64)
+        head = np.asarray(before, dtype=np.float64)[-lags:] if before is not None and lags else x[:0]
+        z_all = (np.vstack([head, x]) - m.centre) / m.scale
+        pad = lags - len(head)
+        if pad > 0:  # no rows before: the first rows repeat (their lags are themselves)
+            z_all = np.vstack([np.repeat(z_all[:1], pad, axis=0), z_all])
+        zl = lagged(z_all, lags)
+        t2, q, resid = _t2_q(zl, m.mean, m.loadings, m.eigenvalues)
+        w = self.cfg.smoothing
+        trend = ewma(np.column_stack([np.log(t2), np.log(q)]), w, m.start)
+        z = z_all[lags:]
+        z_smooth = ewma(z, w, 0.0) / m.shift_scale
+        # Contributions: Q's share per signal (its residual at the current row) and its smoothed shift.
+        q_contrib = resid[:, :len(self.columns)] ** 2
+        return {"t2": np.log(t2), "q": np.log(q), "t2_trend": trend[:, 0], "q_trend": trend[:, 1],
+                "shift": np.abs(z_smooth).max(axis=1), "q_contrib": q_contrib, "shift_contrib": np.abs(z_smooth)}
+
+    def pvalues(self, stats: Mapping[str, FloatArray]) -> FloatArray:
+        """Calibrated tail p-values, rows x :data:`STATISTICS`."""
+        assert self.model is not None
+        cal = self.model.calibration
+        return np.column_stack([tail_pvalues(stats[name], cal[:, j]) for j, name in enumerate(STATISTICS)])
+
+    def judge(self, rows: FloatArray, before: FloatArray | None = None
+              ) -> tuple[FloatArray, FloatArray, np.ndarray, list[str]]:
+        """Per row: combined p-value, score (0..1, 0.5 at the budget), flag, and what drives it
+        (``q:xmeas_9`` or ``shift:xmv_11``: the statistic with the smallest p-value and the signal
+        contributing most to it)."""
+        stats = self.statistics(rows, before)
+        p = self.pvalues(stats)
+        from analytics.evidence import combine_pvalues, score_from_pvalue
+
+        combined = combine_pvalues(p, "sidak")
+        score = score_from_pvalue(combined, self.cfg.budget)
+        flagged = combined <= self.cfg.budget
+        which = p.argmin(axis=1)
+        names = np.asarray(self.columns, dtype=object)
+        q_top = names[stats["q_contrib"].argmax(axis=1)]
+        shift_top = names[stats["shift_contrib"].argmax(axis=1)]
+        stat_names = np.asarray(STATISTICS, dtype=object)[which]
+        # Q's largest residual names the signal for every statistic but the shift (its own signal).
+        signal = np.where(which == STATISTICS.index("shift"), shift_top, q_top)
+        return combined, score, flagged, [f"{s}:{c}" for s, c in zip(stat_names, signal, strict=True)]
+
+
+def _t2_q(zl: FloatArray, mean: FloatArray, loadings: FloatArray, lam: FloatArray
+          ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    d = zl - mean
+    t = d @ loadings
+    resid = d - t @ loadings.T
+    t2 = np.maximum((t * t / lam).sum(axis=1), 1e-12)
+    q = np.maximum((resid * resid).sum(axis=1), 1e-12)
+    return t2, q, resid

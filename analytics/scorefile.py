@@ -4,8 +4,17 @@ Every numeric column except the time column and ``--exclude`` is a signal: one c
 univariate series, several as one multivariate stream (each column's own detectors plus PCA T²/Q over
 all of them). Unsupervised and causal: a row's score uses only the rows before it (after a warm-up
 of ``window`` rows nothing is flagged), never labels. The output has one row per input row:
-``timestamp, anomaly_score (0..1), is_anomaly (0/1), detector`` (the detector with the highest score
-on an anomalous row, e.g. ``mad:pressure``).
+``timestamp, anomaly_score (0..1), is_anomaly (0/1), detector`` (the detector with the strongest
+evidence on an anomalous row, e.g. ``mad:pressure``).
+
+``anomaly_score`` is the file's ONE false-alarm budget (:mod:`analytics.evidence`): each detector's own
+statistic becomes a tail probability against that statistic's recent values, a row's p-values of every
+detector of every column are combined (Cauchy), and the family p-value is mapped to [0, 1] with 0.5 at
+the budget ``file_false_share`` (``is_anomaly``). What a row's evidence counts is *news*: a detector's
+statistic that does not beat its own last ``evidence_novelty`` rows by ``novelty_margin`` is no evidence,
+and of the evidence that is left only the part above the detector's strongest of the last
+``evidence_edge`` rows counts: a score is high where an anomaly begins, not through a whole episode
+(NAB's scorer takes every row above its threshold as a detection).
 
 The detector settings are fixed once for every file (they are not tuned per file): see
 :data:`FILE_DEFAULTS` and docs/analytics.md for how they were chosen.
@@ -22,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analytics.detector import Detector, SensorContext
+from analytics.detector import Detector, FloatArray, SensorContext, Verdicts
+from analytics.evidence import P_CEIL, TailCalibrator, combine_pvalues, score_from_pvalue
 from analytics.seasonal import SeasonalBaseline
 from analytics.statistical import Cusum, EwmaChart, RobustZ
 from smartmine.config import AnalyticsSettings
@@ -35,7 +45,7 @@ _PLANT = AnalyticsSettings.model_fields
 class FileScoring:
     """Detector settings for files without a catalog, in rows (chosen once, see docs/analytics.md)."""
 
-    window: int = 240
+    window: int = 480
     hop: int = 30
     mad_threshold: float = 8.0
     ewma_threshold: float = 6.0
@@ -53,6 +63,14 @@ class FileScoring:
     seasonal_slot_s: int = _PLANT["seasonal_slot_s"].default
     seasonal_days: float = _PLANT["seasonal_days"].default
     seasonal_threshold: float = _PLANT["seasonal_threshold"].default
+    # The budget (analytics/evidence.py): the share of rows the combined evidence flags on normal data;
+    # each detector's statistic is calibrated against its last `calibration_window` values
+    false_share: float = _PLANT["file_false_share"].default
+    combine_method: str = _PLANT["combine_method"].default
+    calibration_window: int = 240
+    calibration_hop: int = 30
+    evidence_novelty: int = 2000
+    evidence_edge: int = 30
 
 
 FILE_DEFAULTS = FileScoring()
@@ -154,27 +172,55 @@ def _sensor_id(col: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", col.lower()) or "value"
 
 
+#: Each detector's own statistic, the one its tail probability is calibrated on.
+STATISTIC = {"mad": "z", "ewma": "e", "cusum": "cusum", "seasonal": "z", "pca": "stat"}
+
+
+def statistic_of(d: Detector, v: Verdicts) -> FloatArray:
+    """A detector's statistic per row, NaN where it did not score (warm-up, a missing value)."""
+    stat = v.evidence[STATISTIC[d.name]].copy()
+    if d.name == "seasonal":
+        stat[stat <= 0] = np.nan  # a slot that has not seen a day yet scores 0
+    elif d.name == "pca":
+        stat[np.isnan(v.evidence["t2"])] = np.nan
+    else:
+        stat[np.isnan(v.evidence["median"])] = np.nan
+    return stat
+
+
+def news_pvalues(stat: FloatArray, cfg: FileScoring = FILE_DEFAULTS) -> FloatArray:
+    """The tail probability of each row's statistic (:class:`TailCalibrator`), counting only news: a
+    statistic short of ``novelty_margin`` times its maximum over the last ``evidence_novelty`` rows is no
+    evidence (``P_CEIL``); of the rest, only the evidence (-log p) above the strongest of the last
+    ``evidence_edge`` rows. Causal: trailing windows only."""
+    p = TailCalibrator(cfg.calibration_window, cfg.calibration_hop).pvalues(stat)
+    past = pd.Series(stat).rolling(cfg.evidence_novelty, min_periods=1).max().shift(1).to_numpy()
+    stale = stat < cfg.novelty_margin * np.where(np.isnan(past), -np.inf, past)
+    p = np.where(stale & ~np.isnan(p), P_CEIL, p)
+    evidence = -np.log(np.where(np.isnan(p), 1.0, np.maximum(p, 1e-300)))
+    before = pd.Series(evidence).rolling(cfg.evidence_edge, min_periods=1).max().shift(1).fillna(0.0).to_numpy()
+    return np.where(np.isnan(p), np.nan, np.exp(-np.maximum(evidence - before, 0.0)))
+
+
 def score_frame(times: pd.Series, signals: pd.DataFrame, cfg: FileScoring = FILE_DEFAULTS) -> pd.DataFrame:
-    """Fused per-row scores: the highest of every detector's 0..1 score (0.5 = its threshold)."""
+    """Per row the combined evidence of every detector of every column (the file's one budget); several
+    columns: the process monitor (dynamic PCA, calibrated on the file's first rows), see
+    :func:`score_process`."""
+    if signals.shape[1] >= 2 and cfg.pca:
+        return score_process(times, signals)
     ts = time_ns(times)
     n = len(signals)
-    best = np.zeros(n)
-    best_name = np.full(n, "", dtype=object)
+    pvalues: list[FloatArray] = []
+    rules: list[str] = []
     for col, dets in file_detectors(list(signals.columns), cfg, sample_period_s(times)).items():
         x = signals[col].to_numpy(dtype=np.float64)
         for d in dets:
-            v = d.run(ts, x)
-            better = v.score > best
-            best[better] = v.score[better]
-            best_name[better] = d.rule
-    if cfg.pca and signals.shape[1] >= 2:
-        from analytics.multivariate import PcaMonitor
-
-        pca = PcaMonitor(list(signals.columns), window=max(cfg.window, 4 * signals.shape[1]), hop=cfg.window)
-        v = pca.run(ts, signals.to_numpy(dtype=np.float64))
-        better = v.score > best
-        best[better] = v.score[better]
-        best_name[better] = pca.rule
+            pvalues.append(news_pvalues(statistic_of(d, d.run(ts, x)), cfg))
+            rules.append(d.rule)
+    p = np.column_stack(pvalues) if pvalues else np.ones((n, 1))
+    best = score_from_pvalue(combine_pvalues(p, cfg.combine_method), cfg.false_share)
+    strongest = np.argmin(np.where(np.isnan(p), np.inf, p), axis=1)
+    best_name = np.asarray(rules or [""], dtype=object)[strongest]
     flagged = best >= 0.5
     if cfg.hold > 0:
         # An episode holds for `hold` rows after its last flag, as the streaming job's episodes do:
@@ -186,9 +232,36 @@ def score_frame(times: pd.Series, signals: pd.DataFrame, cfg: FileScoring = FILE
     is_anomaly = flagged.astype(np.int8)
     return pd.DataFrame({
         "timestamp": times.to_numpy(),  # as written in the input, so the rows join back
-        "anomaly_score": np.round(best, 6),
+        "anomaly_score": best,
         "is_anomaly": is_anomaly,
         "detector": np.where(is_anomaly == 1, best_name, ""),
+    })
+
+
+def score_process(times: pd.Series, signals: pd.DataFrame) -> pd.DataFrame:
+    """Several signals: :class:`~analytics.multivariate.ProcessMonitor` learned on the file's first
+    ``reference_rows`` rows (at most half the file; a missing value carries the column's last reading
+    forward), which are its warm-up (score 0); every later row scored causally against it. Its
+    per-signal shift statistic is the per-signal detector inside the same budget."""
+    from analytics.multivariate import PROCESS_DEFAULTS, ProcessMonitor
+
+    n = len(signals)
+    x = signals.ffill().bfill().to_numpy(dtype=np.float64)
+    ref_rows = min(PROCESS_DEFAULTS.reference_rows, n // 2)
+    score = np.zeros(n)
+    flagged = np.zeros(n, dtype=bool)
+    names = np.full(n, "", dtype=object)
+    if np.isfinite(x).all() and ref_rows >= 4 * (PROCESS_DEFAULTS.lags + 2):
+        monitor = ProcessMonitor(list(signals.columns))
+        monitor.fit(x[:ref_rows])
+        _, s, f, drivers = monitor.judge(x[ref_rows:], before=x[:ref_rows])
+        score[ref_rows:], flagged[ref_rows:] = s, f
+        names[ref_rows:] = ["dpca:" + d for d in drivers]
+    return pd.DataFrame({
+        "timestamp": times.to_numpy(),
+        "anomaly_score": score,
+        "is_anomaly": flagged.astype(np.int8),
+        "detector": np.where(flagged, names, ""),
     })
 
 

@@ -295,6 +295,14 @@ class AnalyticsSettings(BaseModel):
                                  "0: every sample at once")
     micro_batch_max: int = Field(default=2000, ge=1, description="Streaming: an equipment's micro-batch is "
                                  "scored as soon as this many samples wait, however young")
+    false_pages_per_day: float = Field(default=1.0, gt=0, description="False-alarm budget of the statistical "
+                                       "detectors: expected false pages per equipment per day, shared by all its "
+                                       "sensors and detectors (analytics/evidence.py, docs/analytics.md); limit "
+                                       "rules are outside it")
+    file_false_share: float = Field(default=0.003, gt=0, lt=1, description="score-file's budget: the share of "
+                                    "normal rows whose combined evidence may reach is_anomaly")
+    combine_method: Literal["cauchy", "sidak", "bonferroni"] = Field(
+        default="cauchy", description="How an equipment's (a file's) detectors' p-values become one")
     limit_alarm_severity: Literal["info", "warning", "critical", "emergency"] = "critical"
     limit_power_off_severity: Literal["info", "warning", "critical", "emergency"] = "emergency"
     statistical_severity: Literal["info", "warning", "critical", "emergency"] = "warning"

@@ -168,17 +168,18 @@ def test_parse_time_accepts_relative_and_iso_times() -> None:
 
 
 def test_score_file_cli_end_to_end(tmp_path: Path) -> None:
-    # Semicolon-separated, two signals and a label column to exclude; a step in `pressure` at row 700.
+    # Semicolon-separated, two signals and a label column to exclude; a step in `pressure` at row 900 (after
+    # the warm-up: a 480-row reference, then 240 of its statistics to calibrate against).
     rng = np.random.default_rng(7)
-    n = 1000
+    n = 1200
     frame = pd.DataFrame({
         "datetime": pd.date_range("2026-01-01", periods=n, freq="1s").strftime("%Y-%m-%d %H:%M:%S"),
         "pressure": 5 + 0.05 * rng.standard_normal(n),
         "temperature": 60 + 0.2 * rng.standard_normal(n),
         "anomaly": 0,
     })
-    frame.loc[700:, "pressure"] += 1.5
-    frame.loc[700:, "anomaly"] = 1
+    frame.loc[900:, "pressure"] += 1.5
+    frame.loc[900:, "anomaly"] = 1
     src = tmp_path / "valve.csv"
     frame.to_csv(src, sep=";", index=False)
     out = tmp_path / "out.csv"
@@ -190,27 +191,32 @@ def test_score_file_cli_end_to_end(tmp_path: Path) -> None:
     assert list(result.columns[:4]) == ["timestamp", "anomaly_score", "is_anomaly", "detector"]
     assert len(result) == n and (result["timestamp"] == frame["datetime"]).all()
     assert result["anomaly_score"].between(0, 1).all()
-    assert result["is_anomaly"].iloc[700] == 1, "the step is flagged on its first row"
-    assert "pressure" in result["detector"].iloc[700] or result["detector"].iloc[700].startswith("pca")
-    assert result["is_anomaly"].iloc[:700].sum() == 0, "no false alarm before the step"
+    assert result["is_anomaly"].iloc[900] == 1, "the step is flagged on its first row"
+    assert "pressure" in result["detector"].iloc[900] or result["detector"].iloc[900].startswith("pca")
+    assert result["is_anomaly"].iloc[:900].sum() == 0, "no false alarm before the step"
+    score = result["anomaly_score"]
+    assert score.iloc[900] == score.max() and score.iloc[900] >= 0.5, "the evidence is highest where it begins"
+    # Several signals are a process (the process monitor, judged point-wise as TEP and the rigs are): the
+    # step stays flagged while it lasts. (One signal is scored for news, NAB's way: see the NAB tests.)
+    assert result["is_anomaly"].iloc[900:].mean() > 0.95
 
 
 def test_score_file_is_causal(tmp_path: Path) -> None:
     """Changing a later row never changes an earlier row's score."""
     rng = np.random.default_rng(11)
-    values = 10 + rng.standard_normal(900)
-    times = pd.date_range("2026-01-01", periods=900, freq="1min").astype(str)
+    values = 10 + rng.standard_normal(1100)
+    times = pd.date_range("2026-01-01", periods=1100, freq="1min").astype(str)
     a = tmp_path / "a.csv"
     b = tmp_path / "b.csv"
     pd.DataFrame({"timestamp": times, "value": values}).to_csv(a, index=False)
-    values[600:] += 50
+    values[800:] += 50
     pd.DataFrame({"timestamp": times, "value": values}).to_csv(b, index=False)
     from analytics.scorefile import score_file
 
     ra = score_file(a, tmp_path / "ra.csv", "timestamp")
     rb = score_file(b, tmp_path / "rb.csv", "timestamp")
-    assert ra["anomaly_score"].iloc[:600].equals(rb["anomaly_score"].iloc[:600])
-    assert rb["is_anomaly"].iloc[600] == 1
+    assert ra["anomaly_score"].iloc[:800].equals(rb["anomaly_score"].iloc[:800])
+    assert rb["is_anomaly"].iloc[800] == 1
 
 
 @pytest.mark.skipif(not NAB.is_dir(), reason="shared NAB subset not present")
@@ -228,9 +234,11 @@ def test_evaluate_on_a_nab_file(tmp_path: Path) -> None:
     assert summary["windows"] == 4
     assert summary["windows_found"] >= 2  # the failure it is named for is found
     for key in ("event_precision", "event_recall", "event_f1", "far", "mar", "delay_median_s",
-                "nab_standard", "nab_reward_low_fp_rate", "nab_reward_low_fn_rate"):
+                "nab_standard", "nab_reward_low_fp_rate", "nab_reward_low_fn_rate", "nab_standard_threshold",
+                "onset_nab_standard", "onset_nab_reward_low_fp_rate", "onset_nab_reward_low_fn_rate"):
         assert key in summary
-    assert summary["nab_standard"] > 0  # better than the null detector
+    assert summary["onset_nab_standard"] > 0  # better than the null detector
+    assert summary["nab_standard"] >= 0  # NAB's optimiser never does worse than flagging nothing
 
 
 def test_evaluate_a_simulated_scenario_against_its_ground_truth(tmp_path: Path) -> None:
