@@ -261,7 +261,8 @@ class IngestService:
         try:
             results = self._influx.query(f"SHOW RETENTION POLICIES ON {quote_ident(self.settings.influx_db)}")
         except InfluxError as exc:
-            problem = configuration_problem(exc)
+            # 403 on a query: a write-only user (the recommended one) may not read; its writes decide.
+            problem = configuration_problem(exc) if exc.status != 403 else None
             if problem:
                 raise ConfigError(problem) from None
             return  # unreachable, or the database is not made yet (ingest makes it): checked on the first write

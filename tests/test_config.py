@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,10 @@ def test_influx_url_userinfo_authenticates_and_never_shows(mosquitto: Any, influ
         wait_until(lambda: stored_count(admin) == 40, 30, "ingest stored 40 points as user 'ingest'")
 
         server.stop()  # now every answer and log line speaks of the unreachable InfluxDB
-        publisher.publish_samples(samples(catalog, 10, seed=4))
+        # a minute later than the first ones: samples at the stored timestamps would be refused as
+        # same-timestamp conflicts before any write was tried
+        later = datetime.now(UTC) - timedelta(minutes=4)
+        publisher.publish_samples(samples(catalog, 10, seed=4, start=later))
         wait_until(lambda: "unreachable" in _health(port)[1], 30, "/healthz reports InfluxDB unreachable")
         _, body = _health(port)
         assert writer_password not in body and host_port in body
